@@ -1,0 +1,68 @@
+"""`python -m aim_core VIDEO "question"`: answer a question about a video from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from .config import DEFAULT_EFFICIENCY, AIMConfig
+from .errors import AIMError
+from .qa import Answer, VideoQA
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "demo-model"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m aim_core", description=__doc__)
+    parser.add_argument("video", help="path to a video file")
+    parser.add_argument("question", help="what to ask about the video")
+    parser.add_argument("--efficiency", type=float, default=DEFAULT_EFFICIENCY,
+                        help=f"0 = no reduction (the stock model), 1 = most aggressive (default {DEFAULT_EFFICIENCY}, "
+                             "the paper's setting)")
+    parser.add_argument("--importance", choices=("text", "pagerank"), default="text",
+                        help="how visual tokens are ranked when pruning")
+    parser.add_argument("--frames", type=int, default=32, help="frames sampled uniformly from the video")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="hub id or local folder (default: the demo model)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--json", action="store_true", help="print one JSON object with the answer and its stats")
+    return parser.parse_args(argv)
+
+
+def answer_as_dict(answer: Answer) -> dict:
+    stats = asdict(answer.stats)
+    stats["flops_reduction"] = answer.stats.flops_reduction
+    stats["decode_tokens_per_second"] = answer.stats.decode_tokens_per_second
+    return {"answer": answer.text, "config": asdict(answer.config), "stats": stats, "cancelled": answer.cancelled}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = AIMConfig.from_efficiency(args.efficiency, importance=args.importance)
+        qa = VideoQA.from_pretrained(args.model)
+        stream = qa.stream(args.video, args.question, config=config, num_frames=args.frames,
+                           max_new_tokens=args.max_new_tokens)
+        for piece in stream:
+            if not args.json:
+                print(piece, end="", flush=True)
+    except AIMError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    answer = stream.answer
+    if args.json:
+        print(json.dumps(answer_as_dict(answer)))
+        return 0
+    stats = answer.stats
+    print()
+    print(
+        f"[{stats.num_frames} frames, visual tokens {stats.visual_tokens_before_merge} -> "
+        f"{stats.visual_tokens_after_merge} after merging, prefill {stats.flops / 1e12:.3f} TFLOPs "
+        f"({stats.flops_reduction:.2f}x fewer than no reduction), prefill {stats.prefill_seconds:.2f} s, "
+        f"total {stats.total_seconds:.2f} s]",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,120 @@
+"""AIM settings: how much to merge before the LLM and where to prune inside it, and the efficiency knob over both."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from .errors import SettingsError
+
+Importance = Literal["text", "pagerank"]
+
+
+@dataclass(frozen=True)
+class AIMConfig:
+    """One AIM setting. The defaults are the paper's: keep 25% of each frame's tokens after merging, then prune
+    visual tokens linearly from 50% of the LLM's depth until none is left at 79% of it.
+
+    Attributes:
+        merge_keep: fraction of each frame's visual tokens kept by merging, in (0, 1]; 1.0 merges nothing.
+        prune_start: fraction of depth of the first layer that drops visual tokens, in (0, 1]; 1.0 prunes nothing.
+        prune_end: fraction of depth from which no visual token is left, in [prune_start, 1].
+        importance: how visual tokens are ranked at a pruning layer: "text" (attention from the question's tokens,
+            computed at the pruning layers only) or "pagerank" (AIM's multi-modal importance over all tokens).
+    """
+
+    merge_keep: float = 0.25
+    prune_start: float = 0.5
+    prune_end: float = 0.79
+    importance: Importance = "text"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.merge_keep <= 1.0:
+            raise SettingsError(f"merge_keep must be in (0, 1], got {self.merge_keep}")
+        if not 0.0 < self.prune_start <= 1.0:
+            raise SettingsError(f"prune_start must be in (0, 1], got {self.prune_start}")
+        if not self.prune_start <= self.prune_end <= 1.0:
+            raise SettingsError(f"prune_end must be in [prune_start, 1], got {self.prune_end}")
+        if self.importance not in ("text", "pagerank"):
+            raise SettingsError(f"importance must be 'text' or 'pagerank', got {self.importance!r}")
+
+    @classmethod
+    def none(cls) -> AIMConfig:
+        """No reduction at all: the stock model."""
+        return cls(merge_keep=1.0, prune_start=1.0, prune_end=1.0)
+
+    @classmethod
+    def from_efficiency(cls, efficiency: float, importance: Importance = "text") -> AIMConfig:
+        """A setting from one knob: 0.0 is the stock model, 1.0 the most aggressive setting, monotone between.
+
+        The knob walks through anchor settings, interpolating each field linearly: 0.0 no reduction; 0.5 merge to
+        50% and prune from 75% to 95% of depth; 0.75 the paper's default; 1.0 merge to 1/16 and prune from 25% to
+        50% of depth. Every field moves one way only, so the cost falls monotonically as the knob rises.
+        """
+        if isinstance(efficiency, bool) or not isinstance(efficiency, (int, float)) or math.isnan(efficiency):
+            raise SettingsError(f"efficiency must be a number in [0, 1], got {efficiency!r}")
+        if not 0.0 <= efficiency <= 1.0:
+            raise SettingsError(f"efficiency must be in [0, 1], got {efficiency}")
+        fields = [_interpolate(EFFICIENCY_ANCHORS, efficiency, i) for i in range(3)]
+        merge_keep, prune_start, prune_end = (round(value, 6) for value in fields)
+        return cls(merge_keep=merge_keep, prune_start=prune_start, prune_end=prune_end, importance=importance)
+
+    @property
+    def merges(self) -> bool:
+        return self.merge_keep < 1.0
+
+    def prunes(self, num_layers: int) -> bool:
+        return pruning_layers(num_layers, self.prune_start, self.prune_end) is not None
+
+    def visual_keep_counts(self, num_layers: int, num_visual: int) -> list[int]:
+        """Visual tokens each of `num_layers` decoder layers keeps at prefill (see `visual_keep_counts`)."""
+        return visual_keep_counts(num_layers, num_visual, self.prune_start, self.prune_end)
+
+    def with_importance(self, importance: Importance) -> AIMConfig:
+        return replace(self, importance=importance)
+
+
+# (efficiency, merge_keep, prune_start, prune_end); the paper's default sits at 0.75.
+EFFICIENCY_ANCHORS: tuple[tuple[float, float, float, float], ...] = (
+    (0.0, 1.0, 1.0, 1.0),
+    (0.5, 0.5, 0.75, 0.95),
+    (0.75, 0.25, 0.5, 0.79),
+    (1.0, 0.0625, 0.25, 0.5),
+)
+DEFAULT_EFFICIENCY = 0.75
+
+
+def _interpolate(anchors: tuple[tuple[float, ...], ...], x: float, field: int) -> float:
+    for (x0, *y0), (x1, *y1) in zip(anchors, anchors[1:]):
+        if x0 <= x <= x1:
+            t = (x - x0) / (x1 - x0)
+            return y0[field] + t * (y1[field] - y0[field])
+    raise SettingsError(f"{x} is outside the anchors")
+
+
+def pruning_layers(num_layers: int, prune_start: float, prune_end: float) -> tuple[int, int] | None:
+    """The layers `(l1, l2)` of the schedule: visual tokens start to go at `l1` and are all gone from `l2` on.
+
+    `None` when nothing is pruned within the model's depth. Layer 0 never prunes: decoding takes the position of
+    each new token from layer 0's cache, which must hold the whole prompt.
+    """
+    first = max(1, round(prune_start * num_layers))
+    if prune_start >= 1.0 or first >= num_layers:
+        return None
+    return first, max(first + 1, round(prune_end * num_layers))
+
+
+def visual_keep_counts(num_layers: int, num_visual: int, prune_start: float, prune_end: float) -> list[int]:
+    """Visual tokens each decoder layer processes at prefill under the progressive schedule.
+
+    Before `l1` all are kept; from `l1` on the kept fraction falls linearly, r(l) = max(0, 1 - (l - l1 + 1) /
+    (l2 - l1)), so none is left from `l2` on. Counts never increase with depth (the kept sets are nested).
+    """
+    layers = pruning_layers(num_layers, prune_start, prune_end)
+    if layers is None:
+        return [num_visual] * num_layers
+    first, last = layers
+    fractions = [1.0 if layer < first else max(0.0, 1 - (layer - first + 1) / (last - first)) for layer in
+                 range(num_layers)]
+    return [int(fraction * num_visual) for fraction in fractions]

@@ -1,0 +1,100 @@
+"""Stage 1 of AIM: iterative bipartite soft matching (ToMe) of each frame's visual tokens, before the LLM.
+
+Pure torch and model-agnostic: the functions take the visual tokens of each frame as a `[frames, tokens, dim]`
+tensor and return fewer tokens per frame, with a source map of which original token went into which survivor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .errors import SettingsError
+
+
+@dataclass
+class MergeResult:
+    """The merged tokens of a batch of frames.
+
+    Attributes:
+        tokens: `[frames, kept, dim]` merged embeddings, survivors in their original (spatial) order.
+        sizes: `[frames, kept]` how many original tokens each survivor stands for.
+        source: `[frames, tokens]` for every original token, the index (in `0..kept-1`) of the survivor it ended in.
+    """
+
+    tokens: torch.Tensor
+    sizes: torch.Tensor
+    source: torch.Tensor
+
+
+def merged_count(num_tokens: int, keep_ratio: float) -> int:
+    """How many tokens a frame of `num_tokens` keeps at `keep_ratio` (at least one)."""
+    if not 0.0 < keep_ratio <= 1.0:
+        raise SettingsError(f"merge keep ratio must be in (0, 1], got {keep_ratio}")
+    return max(1, min(num_tokens, round(num_tokens * keep_ratio)))
+
+
+def bipartite_merge_step(
+    tokens: torch.Tensor, sizes: torch.Tensor, r: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One round of bipartite soft matching: merge the `r` most similar even-index tokens into odd-index ones.
+
+    Every even-index token (set A) is matched to its most similar odd-index token (set B) by cosine similarity;
+    the `r` best-matched A tokens are folded into their partners as a size-weighted mean. Survivors keep their
+    original order.
+
+    Args:
+        tokens: `[frames, n, dim]`.
+        sizes: `[frames, n]`, tokens already absorbed by each token (1 for an original token).
+        r: tokens to remove per frame, `0 <= r <= ceil(n / 2)`.
+
+    Returns:
+        `(tokens [frames, n - r, dim], sizes [frames, n - r], destination [frames, n])`, where `destination[f, i]`
+        is the survivor index that token `i` of frame `f` now belongs to.
+    """
+    frames, n, dim = tokens.shape
+    device = tokens.device
+    metric = F.normalize(tokens.float(), dim=-1)
+    similarity = metric[:, ::2] @ metric[:, 1::2].transpose(1, 2)  # [frames, |A|, |B|]
+    best_similarity, best_partner = similarity.max(dim=-1)  # [frames, |A|]
+    merged_a = best_similarity.argsort(dim=-1, descending=True)[:, :r]  # [frames, r], indices into A
+
+    is_merged = torch.zeros(frames, n, dtype=torch.bool, device=device)
+    is_merged.scatter_(1, merged_a * 2, True)
+    new_index = (~is_merged).cumsum(dim=1) - 1  # survivor index of each kept token, in original order
+    partner_position = best_partner.gather(1, merged_a) * 2 + 1  # [frames, r], positions in the full sequence
+    destination = new_index.clone()
+    destination.scatter_(1, merged_a * 2, new_index.gather(1, partner_position))
+
+    kept = n - r
+    weights = sizes.to(tokens.dtype).unsqueeze(-1)
+    summed = tokens.new_zeros(frames, kept, dim).scatter_add_(
+        1, destination.unsqueeze(-1).expand(-1, -1, dim), tokens * weights
+    )
+    new_sizes = sizes.new_zeros(frames, kept).scatter_add_(1, destination, sizes)
+    return summed / new_sizes.to(tokens.dtype).unsqueeze(-1), new_sizes, destination
+
+
+def merge_frames(tokens: torch.Tensor, keep_ratio: float) -> MergeResult:
+    """Merge each frame's tokens on its own down to `keep_ratio` of them, by repeated bipartite matching.
+
+    Each round removes at most half of the tokens (all of set A), so 25% takes two rounds (196 -> 98 -> 49) and
+    any ratio in (0, 1] is reached exactly. A ratio of 1.0 returns the tokens unchanged.
+
+    Args:
+        tokens: `[frames, n, dim]` visual tokens of each frame, in raster order.
+        keep_ratio: fraction of each frame's tokens to keep, in (0, 1].
+    """
+    frames, n, _ = tokens.shape
+    target = merged_count(n, keep_ratio)
+    sizes = torch.ones(frames, n, dtype=torch.long, device=tokens.device)
+    source = torch.arange(n, device=tokens.device).expand(frames, n)
+    while tokens.shape[1] > target:
+        current = tokens.shape[1]
+        r = min(current - target, math.ceil(current / 2))
+        tokens, sizes, destination = bipartite_merge_step(tokens, sizes, r)
+        source = destination.gather(1, source)
+    return MergeResult(tokens=tokens, sizes=sizes, source=source.contiguous())

@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny random models built from configs (no downloads) and small generated videos."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from aim_core.random_models import LlavaOnevisionShape, build_llava_onevision
+
+# 8 decoder layers so the default schedule (50% -> 79% of depth) prunes at layers 4, 5 and 6;
+# 64 px frames in 8 px patches give 8 x 8 patches, pooled to 4 x 4 = 16 visual tokens per frame.
+TINY_SHAPE = LlavaOnevisionShape(image_size=64, patch_size=8, text_layers=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava():
+    """(model, processor): a random stock LlavaOnevisionForConditionalGeneration using SDPA."""
+    torch.set_num_threads(2)
+    return build_llava_onevision(TINY_SHAPE, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_eager():
+    """The same weights as `tiny_llava`, with eager attention (which materialises 4-D masks)."""
+    return build_llava_onevision(TINY_SHAPE, seed=0, attn_implementation="eager")
+
+
+@pytest.fixture(scope="session")
+def random_frames() -> np.ndarray:
+    """uint8 [8, 48, 64, 3] frames: smooth gradients plus noise, so tokens differ but some are alike."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:48, 0:64]
+    frames = []
+    for t in range(8):
+        base = np.stack([(x * 4 + t * 10) % 256, (y * 5) % 256, ((x + y) * 2) % 256], axis=-1)
+        frames.append(np.clip(base + rng.normal(0, 20, base.shape), 0, 255))
+    return np.asarray(frames, dtype=np.uint8)
