@@ -34,7 +34,8 @@ class PrefillRecord:
 
     Attributes:
         tokens_per_layer: sequence length each layer processed.
-        kept_visual: for each layer, indices (into the visual tokens, `0..num_visual-1`) of those it processed.
+        kept_visual: for each layer, indices (into the visual tokens, `0..num_visual-1`) of those it processed,
+            on the model's device (moving them would wait for the device at every layer).
     """
 
     tokens_per_layer: list[int] = field(default_factory=list)
@@ -112,23 +113,25 @@ class VisualTokenPruner:
         cos, sin = kwargs["position_embeddings"]
         if index == 0:
             self._positions = torch.arange(hidden.shape[1], device=hidden.device)
+            self._visual_count = self.keep_counts[0]
             self._layer_positions = []
             self.record = PrefillRecord()
         positions = self._positions
         full_length = cos.shape[-2]
 
-        is_visual = (positions >= self.visual_start) & (positions < self.visual_end)
-        if int(is_visual.sum()) > self.keep_counts[index]:
+        is_visual = self._is_visual(positions)
+        if self.keep_counts[index] < self._visual_count:
             rows = self._rows_to_keep(index, layer, hidden, cos[:, positions], sin[:, positions], positions,
                                       is_visual)
             hidden = hidden[:, rows]
             positions = positions[rows]
+            is_visual = is_visual[rows]
             self._positions = positions
+            self._visual_count = self.keep_counts[index]
 
         self._layer_positions.append(positions)
-        kept = positions[(positions >= self.visual_start) & (positions < self.visual_end)] - self.visual_start
         self.record.tokens_per_layer.append(len(positions))
-        self.record.kept_visual.append(kept.cpu())
+        self.record.kept_visual.append(positions[is_visual] - self.visual_start)
         if len(positions) == full_length:
             return args, kwargs
 
@@ -154,6 +157,10 @@ class VisualTokenPruner:
         kwargs = dict(kwargs)
         kwargs["attention_mask"] = _select_mask(mask, None, torch.cat([kept, decoded]))
         return kwargs
+
+    def _is_visual(self, positions: torch.Tensor) -> torch.Tensor:
+        """Which of the sequence positions hold visual tokens."""
+        return (positions >= self.visual_start) & (positions < self.visual_end)
 
     def _rows_to_keep(
         self,

@@ -331,7 +331,7 @@ class AnswerStream:
             grid=encoding.grid,
             merge_source=merged.source.cpu(),
             merged_per_frame=per_frame,
-            kept_per_layer=record.kept_visual,
+            kept_per_layer=[kept.cpu() for kept in record.kept_visual],
         )
         self.answer = Answer(text=self.text.strip(), stats=stats, trace=trace, config=self.config,
                              cancelled=self._cancelled.is_set() and stats.new_tokens < self.max_new_tokens)
