@@ -3,12 +3,38 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, Protocol
+
+import torch
 
 from .errors import SettingsError
+from .merge import MergeResult, merge_frames
 
-Importance = Literal["text", "pagerank"]
+Importance = Literal["text", "pagerank", "last"]
+
+
+class TokenReduction(Protocol):
+    """What `VideoQA` needs from a setting: AIM's (`AIMConfig`) or a baseline's (`aim_core.baselines`).
+
+    Attributes:
+        merge_keep: fraction of each frame's visual tokens that reach the LLM.
+        importance: how a pruning layer ranks visual tokens (see `aim_core.patch`).
+    """
+
+    merge_keep: float
+    importance: Importance
+
+    @property
+    def frame_reduction_key(self) -> Hashable:
+        """Identifies `reduce_frames`'s result for a video, for the cache."""
+
+    def reduce_frames(self, tokens: torch.Tensor) -> MergeResult:
+        """Reduce `[frames, n, dim]` visual tokens before the LLM."""
+
+    def visual_keep_counts(self, num_layers: int, num_visual: int) -> list[int]:
+        """Visual tokens each decoder layer processes at prefill."""
 
 
 @dataclass(frozen=True)
@@ -21,7 +47,8 @@ class AIMConfig:
         prune_start: fraction of depth of the first layer that drops visual tokens, in (0, 1]; 1.0 prunes nothing.
         prune_end: fraction of depth from which no visual token is left, in [prune_start, 1].
         importance: how visual tokens are ranked at a pruning layer: "text" (attention from the question's tokens,
-            computed at the pruning layers only) or "pagerank" (AIM's multi-modal importance over all tokens).
+            computed at the pruning layers only), "pagerank" (AIM's multi-modal importance over all tokens) or
+            "last" (attention from the prompt's last token, as FastV ranks them).
     """
 
     merge_keep: float = 0.25
@@ -36,8 +63,8 @@ class AIMConfig:
             raise SettingsError(f"prune_start must be in (0, 1], got {self.prune_start}")
         if not self.prune_start <= self.prune_end <= 1.0:
             raise SettingsError(f"prune_end must be in [prune_start, 1], got {self.prune_end}")
-        if self.importance not in ("text", "pagerank"):
-            raise SettingsError(f"importance must be 'text' or 'pagerank', got {self.importance!r}")
+        if self.importance not in ("text", "pagerank", "last"):
+            raise SettingsError(f"importance must be 'text', 'pagerank' or 'last', got {self.importance!r}")
 
     @classmethod
     def none(cls) -> AIMConfig:
@@ -66,6 +93,14 @@ class AIMConfig:
 
     def prunes(self, num_layers: int) -> bool:
         return pruning_layers(num_layers, self.prune_start, self.prune_end) is not None
+
+    @property
+    def frame_reduction_key(self) -> Hashable:
+        return ("merge", self.merge_keep)
+
+    def reduce_frames(self, tokens: torch.Tensor) -> MergeResult:
+        """Merge each frame's tokens to `merge_keep` of them by bipartite soft matching."""
+        return merge_frames(tokens, self.merge_keep)
 
     def visual_keep_counts(self, num_layers: int, num_visual: int) -> list[int]:
         """Visual tokens each of `num_layers` decoder layers keeps at prefill (see `visual_keep_counts`)."""

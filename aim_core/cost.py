@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .config import DEFAULT_EFFICIENCY, AIMConfig
+from .config import DEFAULT_EFFICIENCY, AIMConfig, TokenReduction
 from .errors import SettingsError
 from .flops import DecoderShape, prefill_flops
 from .merge import merged_count
@@ -43,7 +43,7 @@ def estimate_cost(
     num_frames: int,
     tokens_per_frame: int,
     text_tokens: int,
-    config: AIMConfig,
+    config: TokenReduction,
     unmerged_visual_tokens: int = 0,
 ) -> CostEstimate:
     """Predict the prefill of `num_frames` frames of `tokens_per_frame` visual tokens each, plus

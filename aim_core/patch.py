@@ -55,7 +55,8 @@ class VisualTokenPruner:
         num_visual: number of visual tokens, a contiguous run from `visual_start`.
         prompt_length: length of the prompt; tokens after the visual run and before this rank the visual ones.
         keep_counts: visual tokens each layer processes (non-increasing; layer 0 keeps all).
-        importance: "text" or "pagerank" (see `aim_core.prune`).
+        importance: "text" (the prompt's tokens after the visual run rank them), "last" (its last token does) or
+            "pagerank" (see `aim_core.prune`).
         forced_kept: per layer, visual indices to keep instead of ranking them (to replay an earlier prefill).
     """
 
@@ -204,8 +205,8 @@ class VisualTokenPruner:
             query, key, scale = self.project_qk(layer, hidden[0], cos[0], sin[0], None)
             return pagerank_importance(query, key, positions, visual_rows, scale)
         query_rows = ((positions >= self.visual_end) & (positions < self.prompt_length)).nonzero().squeeze(1)
-        if len(query_rows) == 0:  # the visual run ends the prompt: rank by the last token alone
-            query_rows = torch.tensor([len(positions) - 1], device=positions.device)
+        if self.importance == "last" or len(query_rows) == 0:  # no text after the visual run: the last token ranks
+            query_rows = (positions < self.prompt_length).nonzero()[-1:, 0]
         query, key, scale = self.project_qk(layer, hidden[0], cos[0], sin[0], query_rows)
         return text_to_visual_importance(query, key, positions[query_rows], positions, visual_rows, scale)
 

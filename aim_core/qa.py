@@ -7,7 +7,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +26,11 @@ from transformers import (
 
 from .adapters import adapter_for
 from .adapters.base import VideoEncoding, VideoLLMAdapter
-from .config import AIMConfig
+from .config import AIMConfig, TokenReduction
 from .cost import CostEstimate, estimate_cost
 from .errors import ModelError, QuestionError, SettingsError
 from .flops import DecoderShape, prefill_flops
-from .merge import MergeResult, merge_frames
+from .merge import MergeResult
 from .patch import PrefillRecord, VisualTokenPruner
 from .video import SampledFrames, sample_frames
 
@@ -78,7 +78,8 @@ class Trace:
     Attributes:
         frames: the frames the model saw.
         grid: `(rows, cols)` of a frame's visual tokens before merging.
-        merge_source: `[frames, rows * cols]`, for each original token the index of its merged token in its frame.
+        merge_source: `[frames, rows * cols]`, for each original token the index of its merged token in its frame
+            (-1 for a token dropped before the LLM, as `aim_core.baselines.RandomDrop` does).
         merged_per_frame: merged tokens per frame.
         kept_per_layer: per decoder layer, indices of the merged frame tokens it processed at prefill, numbered
             frame by frame (`frame * merged_per_frame + j`).
@@ -100,8 +101,8 @@ class Trace:
         kept = torch.zeros(num_frames * self.merged_per_frame, dtype=torch.bool)
         frame_tokens = self.kept_per_layer[layer]
         kept[frame_tokens[frame_tokens < len(kept)]] = True
-        kept = kept.view(num_frames, self.merged_per_frame)
-        return kept.gather(1, self.merge_source).reshape(-1, *self.grid).numpy()
+        kept = kept.view(num_frames, self.merged_per_frame).gather(1, self.merge_source.clamp(min=0))
+        return (kept & (self.merge_source >= 0)).reshape(-1, *self.grid).numpy()
 
 
 @dataclass
@@ -109,7 +110,7 @@ class Answer:
     text: str
     stats: Stats
     trace: Trace
-    config: AIMConfig
+    config: TokenReduction
     cancelled: bool = False
 
 
@@ -117,7 +118,7 @@ class Answer:
 class _CachedVideo:
     encoding: VideoEncoding
     vision_seconds: float
-    merges: dict[float, tuple[MergeResult, float]] = field(default_factory=dict)
+    merges: dict[Hashable, tuple[MergeResult, float]] = field(default_factory=dict)
 
 
 class VideoQA:
@@ -185,7 +186,7 @@ class VideoQA:
                 self._cache.popitem(last=False)
         return frames, self._cache[key].encoding, cached
 
-    def estimate(self, config: AIMConfig, num_frames: int = 32, frame_size: tuple[int, int] = (384, 384),
+    def estimate(self, config: TokenReduction, num_frames: int = 32, frame_size: tuple[int, int] = (384, 384),
                  question: str = "What happens in this video?") -> CostEstimate:
         """Predict tokens per layer and FLOPs before running anything (the UI's live preview).
 
@@ -195,7 +196,7 @@ class VideoQA:
         text_tokens = self.adapter.prompt(question, None, 0).length
         return estimate_cost(self.shape, num_frames, tokens_per_frame, text_tokens, config, unmerged)
 
-    def answer(self, video: VideoInput, question: str, config: AIMConfig | None = None, num_frames: int = 32,
+    def answer(self, video: VideoInput, question: str, config: TokenReduction | None = None, num_frames: int = 32,
                max_new_tokens: int = 64, **generate_kwargs: Any) -> Answer:
         """Answer `question` about `video` (a path, `SampledFrames`, or uint8 `[T, H, W, 3]` frames)."""
         stream = self.stream(video, question, config, num_frames, max_new_tokens, **generate_kwargs)
@@ -203,7 +204,7 @@ class VideoQA:
             pass
         return stream.answer
 
-    def stream(self, video: VideoInput, question: str, config: AIMConfig | None = None, num_frames: int = 32,
+    def stream(self, video: VideoInput, question: str, config: TokenReduction | None = None, num_frames: int = 32,
                max_new_tokens: int = 64, **generate_kwargs: Any) -> AnswerStream:
         """Like `answer`, but iterate over the returned stream for text as it is generated."""
         question = _checked_question(question)
@@ -212,13 +213,14 @@ class VideoQA:
         return AnswerStream(self, video, question, config or AIMConfig(), num_frames, max_new_tokens,
                             generate_kwargs)
 
-    def _merged(self, key: str, keep: float) -> tuple[MergeResult, float]:
+    def _reduced(self, key: str, reduction: TokenReduction) -> tuple[MergeResult, float]:
+        """The video's tokens after `reduction`'s before-the-LLM step (merging), cached, and the seconds it took."""
         cached = self._cache[key]
-        if keep not in cached.merges:
+        if reduction.frame_reduction_key not in cached.merges:
             started = _now(self.model.device)
-            merged = merge_frames(cached.encoding.tokens, keep)
-            cached.merges[keep] = (merged, _now(self.model.device) - started)
-        return cached.merges[keep]
+            merged = reduction.reduce_frames(cached.encoding.tokens)
+            cached.merges[reduction.frame_reduction_key] = (merged, _now(self.model.device) - started)
+        return cached.merges[reduction.frame_reduction_key]
 
 
 class AnswerStream:
@@ -228,7 +230,7 @@ class AnswerStream:
     thread with pruning hooks on the decoder. `cancel()` stops generation at the next token.
     """
 
-    def __init__(self, qa: VideoQA, video: VideoInput, question: str, config: AIMConfig, num_frames: int,
+    def __init__(self, qa: VideoQA, video: VideoInput, question: str, config: TokenReduction, num_frames: int,
                  max_new_tokens: int, generate_kwargs: dict[str, Any]) -> None:
         self.qa = qa
         self.video = video
@@ -253,7 +255,7 @@ class AnswerStream:
         started = time.perf_counter()
         frames, encoding, vision_cached = qa.encode(self.video, self.num_frames)
         key = _digest(frames.frames)
-        merged, merge_seconds = qa._merged(key, self.config.merge_keep)
+        merged, merge_seconds = qa._reduced(key, self.config)
         num_frames, per_frame = merged.tokens.shape[:2]
         num_visual = num_frames * per_frame + len(encoding.suffix)
         prompt = adapter.prompt(self.question, encoding, num_visual)
@@ -261,7 +263,7 @@ class AnswerStream:
         pruner = VisualTokenPruner(adapter.decoder_layers, adapter.project_qk, prompt.visual_start, num_visual,
                                    prompt.length, keep_counts, self.config.importance)
         # With nothing to prune no hook is installed, so efficiency 0 runs exactly the stock model.
-        pruning = pruner if self.config.prunes(qa.shape.layers) else contextlib.nullcontext()
+        pruning = pruner if min(keep_counts) < num_visual else contextlib.nullcontext()
 
         streamer = TextIteratorStreamer(adapter.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         clock = _FirstTokenClock(device)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from aim_core import AIMConfig, QuestionError, SettingsError, VideoQA
+from aim_core.baselines import FastV, RandomDrop
 from aim_core.config import visual_keep_counts
 from aim_core.patch import VisualTokenPruner
 from aim_core.prune import pagerank_importance, text_to_visual_importance
@@ -89,7 +90,7 @@ def test_pruned_tokens_are_gone_from_the_kv_cache(tiny_llava, qa, random_frames)
     """Tokens are physically removed: each layer's cache holds exactly the tokens that layer processed."""
     model, _ = tiny_llava
     _, encoding, _ = qa.encode(random_frames)
-    merged = qa._merged(next(reversed(qa._cache)), 1.0)[0]
+    merged = qa._reduced(next(reversed(qa._cache)), AIMConfig.none())[0]
     num_visual = 8 * 16 + 1
     prompt = qa.adapter.prompt(QUESTION, encoding, num_visual)
     counts = visual_keep_counts(8, num_visual, 0.5, 0.79)
@@ -105,7 +106,7 @@ def test_pruned_tokens_are_gone_from_the_kv_cache(tiny_llava, qa, random_frames)
 def run_pruned(qa, frames, config, max_new_tokens):
     """Greedy decode with the KV cache under pruning; returns tokens, per-step logits, and what it needs to replay."""
     _, encoding, _ = qa.encode(frames)
-    merged, _ = qa._merged(next(reversed(qa._cache)), config.merge_keep)
+    merged, _ = qa._reduced(next(reversed(qa._cache)), config)
     num_visual = merged.tokens.shape[0] * merged.tokens.shape[1] + 1
     prompt = qa.adapter.prompt(QUESTION, encoding, num_visual)
     counts = config.visual_keep_counts(len(qa.adapter.decoder_layers), num_visual)
@@ -272,3 +273,36 @@ def test_bad_array(qa):
 
     with pytest.raises(VideoError):
         qa.answer(np.zeros((4, 8, 8), dtype=np.uint8), QUESTION)
+
+
+def test_fastv_prunes_once_at_its_layer_by_last_token_attention(qa, random_frames):
+    config = FastV(layer=2, keep=0.25)
+    answer = qa.answer(random_frames, QUESTION, config=config, max_new_tokens=2)
+    text = answer.stats.text_tokens
+    assert answer.stats.tokens_per_layer == [129 + text] * 2 + [int(0.25 * 129) + text] * 6
+    assert qa.estimate(config, num_frames=8, question=QUESTION).flops == answer.stats.flops
+
+
+def test_fastv_ranks_by_the_last_prompt_token(tiny_llava_eager, random_frames):
+    model, processor = tiny_llava_eager
+    qa = VideoQA.from_model(model, processor)
+    output, inputs, pruner, prompt, num_visual, counts = run_pruned(qa, random_frames, FastV(layer=3, keep=0.3), 1)
+    with torch.inference_mode():
+        attentions = model(**inputs, output_attentions=True).attentions[3][0]
+    visual = slice(prompt.visual_start, prompt.visual_start + num_visual)
+    expected = attentions[:, -1, visual].mean(dim=0).topk(counts[3]).indices.sort().values
+    assert torch.equal(pruner.record.kept_visual[3], expected)
+
+
+def test_random_drop_keeps_a_seeded_subset_in_order(qa, random_frames):
+    config = RandomDrop(keep=0.25, seed=3)
+    answer = qa.answer(random_frames, QUESTION, config=config, max_new_tokens=2)
+    source = answer.trace.merge_source
+    assert answer.stats.visual_tokens_after_merge == 8 * 4 + 1
+    assert ((source >= 0).sum(dim=1) == 4).all()
+    for frame in range(8):
+        kept = source[frame][source[frame] >= 0]
+        assert kept.tolist() == [0, 1, 2, 3]  # survivors in their original order
+    assert answer.trace.kept_patches(0).sum() == 8 * 4
+    again = RandomDrop(keep=0.25, seed=3).reduce_frames(torch.randn(8, 16, 4)).source
+    assert torch.equal(again, source)
