@@ -129,6 +129,7 @@ class VideoQA:
         self.adapter = adapter
         self.shape = DecoderShape.from_config(adapter.text_config)
         self._cache: OrderedDict[str, _CachedVideo] = OrderedDict()
+        self._frames: OrderedDict[tuple, SampledFrames] = OrderedDict()
         self._cached_videos = cached_videos
         self._lock = threading.Lock()
 
@@ -173,7 +174,11 @@ class VideoQA:
 
         Returns the frames, their encoding, and whether the encoding came from the cache.
         """
-        frames = _frames_of(video, num_frames)
+        frames, key, cached = self._encode(video, num_frames)
+        return frames, self._cache[key].encoding, cached
+
+    def _encode(self, video: VideoInput, num_frames: int) -> tuple[SampledFrames, str, bool]:
+        frames = self._sample(video, num_frames)
         key = _digest(frames.frames)
         cached = key in self._cache
         if cached:
@@ -182,9 +187,31 @@ class VideoQA:
             started = _now(self.model.device)
             encoding = self.adapter.encode_video(frames.frames)
             self._cache[key] = _CachedVideo(encoding, _now(self.model.device) - started)
-            while len(self._cache) > self._cached_videos:
-                self._cache.popitem(last=False)
-        return frames, self._cache[key].encoding, cached
+            _trim(self._cache, self._cached_videos)
+        return frames, key, cached
+
+    def _sample(self, video: VideoInput, num_frames: int) -> SampledFrames:
+        """Frames of `video`; a file's frames are kept while it is unchanged, so a follow-up skips decoding."""
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or not 1 <= num_frames <= MAX_FRAMES:
+            raise SettingsError(f"num_frames must be an integer from 1 to {MAX_FRAMES}, got {num_frames!r}")
+        if isinstance(video, SampledFrames):
+            return video
+        if isinstance(video, np.ndarray):
+            return SampledFrames.from_array(video)
+        if not isinstance(video, (str, Path)):
+            raise TypeError(f"video must be a path, SampledFrames or uint8 [T, H, W, 3] array, not {type(video)}")
+        path = Path(video).resolve()
+        try:
+            status = path.stat()
+            key = (str(path), status.st_mtime_ns, status.st_size, num_frames)
+        except OSError:
+            key = None  # sample_frames says what is wrong with the path
+        if key not in self._frames:
+            frames = sample_frames(path, num_frames)
+            self._frames[key] = frames
+            _trim(self._frames, self._cached_videos)
+        self._frames.move_to_end(key)
+        return self._frames[key]
 
     def estimate(self, config: TokenReduction, num_frames: int = 32, frame_size: tuple[int, int] = (384, 384),
                  question: str = "What happens in this video?") -> CostEstimate:
@@ -253,8 +280,8 @@ class AnswerStream:
     def _run(self) -> Iterator[str]:
         qa, adapter, device = self.qa, self.qa.adapter, self.qa.model.device
         started = time.perf_counter()
-        frames, encoding, vision_cached = qa.encode(self.video, self.num_frames)
-        key = _digest(frames.frames)
+        frames, key, vision_cached = qa._encode(self.video, self.num_frames)
+        encoding = qa._cache[key].encoding
         merged, merge_seconds = qa._reduced(key, self.config)
         num_frames, per_frame = merged.tokens.shape[:2]
         num_visual = num_frames * per_frame + len(encoding.suffix)
@@ -366,16 +393,9 @@ def _now(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def _frames_of(video: VideoInput, num_frames: int) -> SampledFrames:
-    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or not 1 <= num_frames <= MAX_FRAMES:
-        raise SettingsError(f"num_frames must be an integer from 1 to {MAX_FRAMES}, got {num_frames!r}")
-    if isinstance(video, SampledFrames):
-        return video
-    if isinstance(video, np.ndarray):
-        return SampledFrames.from_array(video)
-    if isinstance(video, (str, Path)):
-        return sample_frames(video, num_frames)
-    raise TypeError(f"video must be a path, SampledFrames or a uint8 [T, H, W, 3] array, got {type(video).__name__}")
+def _trim(cache: OrderedDict, size: int) -> None:
+    while len(cache) > size:
+        cache.popitem(last=False)
 
 
 def _digest(frames: np.ndarray) -> str:

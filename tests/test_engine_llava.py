@@ -306,3 +306,22 @@ def test_random_drop_keeps_a_seeded_subset_in_order(qa, random_frames):
     assert answer.trace.kept_patches(0).sum() == 8 * 4
     again = RandomDrop(keep=0.25, seed=3).reduce_frames(torch.randn(8, 16, 4)).source
     assert torch.equal(again, source)
+
+
+def test_follow_up_on_the_same_file_skips_decoding(tiny_llava, random_frames, tmp_path, monkeypatch):
+    from aim_core import qa as qa_module
+    from aim_core.video import write_video
+
+    path = tmp_path / "clip.mp4"
+    write_video(path, random_frames, fps=4)
+    decoded = []
+    real = qa_module.sample_frames
+    monkeypatch.setattr(qa_module, "sample_frames", lambda *args: decoded.append(args) or real(*args))
+    qa = VideoQA.from_model(*tiny_llava)
+    qa.answer(path, QUESTION, num_frames=4, max_new_tokens=1)
+    second = qa.answer(str(path), "How many?", num_frames=4, max_new_tokens=1)
+    assert len(decoded) == 1 and second.stats.vision_cached
+    qa.answer(path, QUESTION, num_frames=6, max_new_tokens=1)  # other frames: decoded again
+    write_video(path, random_frames[::-1].copy(), fps=4)  # the file changed: decoded again
+    changed = qa.answer(path, QUESTION, num_frames=4, max_new_tokens=1)
+    assert len(decoded) == 3 and not changed.stats.vision_cached
