@@ -22,6 +22,7 @@ import av
 from aim_core.video import BACKENDS, frame_indices, probe_video, sample_frames
 
 KEYFRAME_INTERVAL_S = 10
+RESULTS = Path(__file__).parent / "results"
 MODULES = {"decord": "decord", "pyav": "av", "opencv": "cv2"}  # what each backend imports
 
 
@@ -92,9 +93,20 @@ def main() -> None:
         if importlib.util.find_spec(MODULES[backend]):
             rows[f"sample_frames, {backend}"] = [time_sampling(path, size, backend) for size in sizes]
 
-    print("\n" + f"{'method':<28}" + "".join(f"{f'{size} frames':>20}" for size in sizes))
+    lines = [
+        f"Video: {path.name}, {info.width}x{info.height}, {info.num_frames} frames, {info.duration / 60:.1f} min, "
+        f"keyframe every {KEYFRAME_INTERVAL_S} s. Command: `python -m benchmarks.frame_sampling --minutes "
+        f"{args.minutes:g} --fps {args.fps} --height {args.height}`.",
+        "",
+        "| method | " + " | ".join(f"{size} frames: seconds | speedup" for size in sizes) + " |",
+        "|---|" + "---|---|" * len(sizes),
+    ]
     for method, times in rows.items():
-        print(f"{method:<28}" + "".join(f"{seconds:>9.2f} s {full / seconds:>7.1f}x" for seconds in times))
+        lines.append(f"| {method} | " + " | ".join(f"{s:.2f} | {full / s:.1f}x" for s in times) + " |")
+    table = "\n".join(lines)
+    print("\n" + table)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "frame_sampling.md").write_text(table + "\n")
 
 
 if __name__ == "__main__":
