@@ -1,0 +1,210 @@
+"""What the app's callbacks do, without the UI: check inputs against the limits, predict the cost of a setting, and
+run a question (frames, vision tower, then the streamed answer) so that it can be cancelled.
+
+Every failure a user can cause raises an `AIMError` subclass whose message says what to do; the UI shows it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from aim_core import (
+    AIMConfig,
+    AIMError,
+    AnswerStream,
+    CostEstimate,
+    QuestionError,
+    SampledFrames,
+    SettingsError,
+    VideoError,
+    VideoInfo,
+    probe_video,
+    sample_frames,
+)
+
+from .models import ModelRegistry
+
+Progress = Callable[[float, str], None]
+DEFAULT_FRAME_SIZE = (384, 384)  # (height, width) assumed for the prediction before a video is chosen
+PREVIEW_QUESTION = "What happens in this video?"  # stands in for the question's length while none is typed
+STREAM_INTERVAL = 0.05  # seconds between looks at a growing answer
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the app accepts. Uploads over `max_upload_bytes` are refused by the server itself (Gradio's
+    `max_file_size`); the checks here catch the rest, and files that reach the API another way."""
+
+    max_upload_bytes: int = 2 * 1024**3
+    max_duration_seconds: float = 3 * 3600
+    min_frames: int = 8
+    max_frames: int = 256
+    max_new_tokens: int = 64
+
+
+@dataclass
+class PreparedVideo:
+    """A checked video and its decoded frames; `decode_seconds` is 0 when they came from the cache."""
+
+    info: VideoInfo
+    frames: SampledFrames
+    decode_seconds: float
+
+
+def check_question(question: str | None) -> str:
+    if not question or not question.strip():
+        raise QuestionError("Type a question about the video first.")
+    return question.strip()
+
+
+def check_video(path: str | None, limits: Limits) -> VideoInfo:
+    """Probe the video at `path` (fast: decodes one frame) and check it against the limits."""
+    if not path:
+        raise VideoError("Upload a video or pick a sample first.")
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        raise VideoError(f"The video {Path(path).name} cannot be found; upload it again.") from None
+    if size > limits.max_upload_bytes:
+        raise VideoError(f"The video is {size / 2**30:.1f} GiB; the limit is {limits.max_upload_bytes / 2**30:.0f} "
+                         "GiB.")
+    try:
+        info = probe_video(path)
+    except VideoError as error:
+        raise VideoError(_without_folder(error, path)) from None
+    if info.duration > limits.max_duration_seconds:
+        raise VideoError(f"The video lasts {info.duration / 3600:.1f} h; the limit is "
+                         f"{limits.max_duration_seconds / 3600:g} h. Trim it first.")
+    return info
+
+
+def check_frames(num_frames: float, limits: Limits) -> int:
+    if num_frames is None or not limits.min_frames <= num_frames <= limits.max_frames:
+        raise SettingsError(f"Frames must be from {limits.min_frames} to {limits.max_frames}, got {num_frames}.")
+    return int(num_frames)
+
+
+def config_for(efficiency: float | None) -> AIMConfig:
+    """The AIM setting of the efficiency slider (SettingsError outside [0, 1])."""
+    return AIMConfig.from_efficiency(efficiency)
+
+
+class Runner:
+    """Runs questions on the registry's model; one at a time (the app's queue makes sure of it).
+
+    Keeps the decoded frames of the last video (the model keeps their vision features), so that a follow-up
+    question, or the same one at another efficiency, runs the LLM only. Keeps each session's running stream so that
+    its Stop button can end generation at the next token.
+    """
+
+    def __init__(self, registry: ModelRegistry, limits: Limits = Limits()) -> None:
+        self.registry = registry
+        self.limits = limits
+        self._last_frames: tuple[tuple, SampledFrames] | None = None
+        self._running: dict[str, AnswerStream] = {}
+        self._running_lock = threading.Lock()
+
+    def predict(self, efficiency: float, num_frames: float, info: VideoInfo | None,
+                question: str | None) -> CostEstimate:
+        """The cost of a setting before anything runs (no model call): what the slider previews."""
+        frames = check_frames(num_frames, self.limits)
+        frame_size = (info.height, info.width) if info else DEFAULT_FRAME_SIZE
+        return self.registry.qa.estimate(config_for(efficiency), min(frames, info.num_frames) if info else frames,
+                                         frame_size, (question or "").strip() or PREVIEW_QUESTION)
+
+    def prepare(self, path: str | None, num_frames: float, progress: Progress) -> PreparedVideo:
+        """Check the video and decode its frames, or take them from the cache if it is the last video again."""
+        info = check_video(path, self.limits)
+        frames_wanted = check_frames(num_frames, self.limits)
+        status = os.stat(info.path)
+        key = (info.path, status.st_mtime_ns, status.st_size, frames_wanted)
+        if self._last_frames is not None and self._last_frames[0] == key:
+            return PreparedVideo(info, self._last_frames[1], 0.0)
+        progress(0.05, f"Decoding {min(frames_wanted, info.num_frames)} frames")
+        started = time.perf_counter()
+        try:
+            with _memory_errors():
+                frames = sample_frames(info.path, frames_wanted)
+        except VideoError as error:
+            raise VideoError(_without_folder(error, info.path)) from None
+        self._last_frames = (key, frames)
+        return PreparedVideo(info, frames, time.perf_counter() - started)
+
+    def stream(self, video: PreparedVideo, question: str, config: AIMConfig) -> AnswerStream:
+        """An answer stream for `question` (not started: iterate it with `texts`)."""
+        return self.registry.qa.stream(video.frames, check_question(question), config, num_frames=len(video.frames),
+                                       max_new_tokens=self.limits.max_new_tokens)
+
+    def texts(self, stream: AnswerStream, video: PreparedVideo, session: str) -> Iterator[str]:
+        """The answer so far, each time it has grown; `stream.answer` is set when this ends.
+
+        The stream runs in its own thread, and this only looks at its text every STREAM_INTERVAL seconds: a slow
+        consumer (a browser far away) neither slows generation down nor inflates the measured times. The first
+        step runs the vision tower (unless the model has these frames cached) and the prefill. The answer's time to
+        first token and total time include decoding the frames, as a user waits for that too. Closing this
+        iterator early (Gradio closes the callback's when its event is cancelled) stops generation at the next token
+        and frees the model for the next run.
+        """
+        failures: list[BaseException] = []
+
+        def consume() -> None:
+            try:
+                for _ in stream:
+                    pass
+            except BaseException as error:  # re-raised in the consumer's thread
+                failures.append(error)
+
+        with self._running_lock:
+            self._running[session] = stream
+        worker = threading.Thread(target=consume, daemon=True)
+        worker.start()
+        shown = ""
+        try:
+            while worker.is_alive() or stream.text != shown:
+                worker.join(STREAM_INTERVAL)
+                if stream.text != shown:
+                    shown = stream.text
+                    yield shown
+        finally:
+            if worker.is_alive():
+                stream.cancel()
+                worker.join()
+            with self._running_lock:
+                self._running.pop(session, None)
+        if failures:
+            with _memory_errors():
+                raise failures[0]
+        stream.answer.stats.time_to_first_token += video.decode_seconds
+        stream.answer.stats.total_seconds += video.decode_seconds
+
+    def cancel(self, session: str) -> bool:
+        """Stop the generation running for `session`, if any; True if there was one."""
+        with self._running_lock:
+            stream = self._running.get(session)
+        if stream is not None:
+            stream.cancel()
+        return stream is not None
+
+
+@contextmanager
+def _memory_errors() -> Iterator[None]:
+    """Turns running out of memory into an AIMError with advice, instead of an opaque server error."""
+    try:
+        yield
+    except (MemoryError, torch.OutOfMemoryError):
+        raise SettingsError("Out of memory: use fewer frames or a higher efficiency.") from None
+
+
+def _without_folder(error: AIMError, path: str) -> str:
+    """The error's message with the upload's temporary folder left out: only the file name means anything."""
+    name = Path(path).name
+    message = str(error).replace(path, name)
+    return f"The file {message}" if message.startswith(name) else message[:1].upper() + message[1:]

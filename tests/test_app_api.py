@@ -1,0 +1,150 @@
+"""The app's public API, through gradio_client, against the app serving a tiny random model from a folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from aim_core import AIMConfig, VideoQA
+from app.testing import free_port, running_app, write_test_video
+
+REPO = Path(__file__).resolve().parent.parent
+QUESTION = "What happens in this video?"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_llava, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-model")
+    model, processor = tiny_llava
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("videos") / "clip.mp4"
+    write_test_video(path, num_frames=40, height=60, width=80)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    with running_app(str(model_dir)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server) -> Client:
+    return Client(server.url, verbose=False)
+
+
+def ask(client: Client, video: str, question: str = QUESTION, efficiency: float = 0.75, *frames: int):
+    return client.predict(handle_file(video), question, efficiency, *frames, api_name="/answer")
+
+
+def test_answer_is_what_videoqa_answers_with_its_stats(client, model_dir, video):
+    text, result = ask(client, video, QUESTION, 0.75)
+    expected = VideoQA.from_pretrained(model_dir).answer(video, QUESTION, AIMConfig.from_efficiency(0.75),
+                                                         num_frames=32, max_new_tokens=64)
+    assert text == expected.text == result["answer"]
+    stats = result["stats"]
+    assert stats["num_frames"] == 32
+    assert stats["visual_tokens_before_merge"] == 32 * 16 + 1  # 4 x 4 tokens a frame, plus the newline token
+    assert stats["visual_tokens_after_merge"] == 32 * 4 + 1  # the paper's 25%
+    assert stats["tokens_per_layer"] == expected.stats.tokens_per_layer
+    assert stats["flops"] == expected.stats.flops and stats["flops_reduction"] > 1
+    assert result["config"]["merge_keep"] == 0.25 and not result["cancelled"]
+
+
+def test_frames_are_an_optional_fourth_input_and_follow_ups_reuse_the_vision_features(client, video):
+    _, first = ask(client, video, QUESTION, 0.75, 16)
+    _, again = ask(client, video, "Is there a circle?", 0.5, 16)
+    assert first["stats"]["num_frames"] == again["stats"]["num_frames"] == 16
+    assert again["stats"]["vision_cached"]
+    assert again["stats"]["visual_tokens_after_merge"] == 16 * 8 + 1  # efficiency 0.5 merges to 50%
+
+
+def test_no_reduction_is_the_stock_model(client, video):
+    _, result = ask(client, video, QUESTION, 0.0)
+    stats = result["stats"]
+    assert stats["flops"] == stats["flops_baseline"]
+    assert stats["visual_tokens_after_merge"] == stats["visual_tokens_before_merge"]
+
+
+@pytest.mark.parametrize(("content", "name", "question", "efficiency", "message"), [
+    (os.urandom(3000), "corrupt.mp4", QUESTION, 0.75, "The file corrupt.mp4 is not a readable video"),
+    (b"", "empty.webm", QUESTION, 0.75, "empty"),
+    (b"just text\n", "notes.mkv", QUESTION, 0.75, "not a readable video"),
+    (None, "", "   ", 0.75, "Type a question"),
+    (None, "", QUESTION, 1.5, "greater than maximum value 1"),
+])
+def test_bad_input_gets_a_clear_message_and_the_server_keeps_answering(client, video, tmp_path, content, name,
+                                                                       question, efficiency, message):
+    path = video
+    if content is not None:
+        path = str(tmp_path / name)
+        Path(path).write_bytes(content)
+    with pytest.raises(AppError, match=message):
+        ask(client, path, question, efficiency)
+    assert ask(client, video, QUESTION, 0.75, 8)[1]["stats"]["num_frames"] == 8
+
+
+def test_only_the_answer_endpoint_is_public(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")
+    assert list(endpoints["named_endpoints"]) == ["/answer"]
+    assert endpoints["unnamed_endpoints"] == {}
+    parameters = [p["parameter_name"] for p in endpoints["named_endpoints"]["/answer"]["parameters"]]
+    assert parameters == ["video", "question", "efficiency", "frames"]
+
+
+def test_model_runs_share_one_queue_slot(server):
+    model_events = [fn for fn in server.demo.fns.values() if fn.concurrency_id == "model"]
+    assert sorted(fn.name for fn in model_events) == ["answer_api", "ask", "ask", "load_model"]
+    assert all(fn.queue and fn.concurrency_limit == "default" for fn in model_events)
+    assert server.demo._queue.default_concurrency_limit == 1
+
+
+def test_no_file_outside_the_uploads_and_assets_can_be_read(server, client):
+    upload = httpx.post(f"{server.url}gradio_api/upload", files={"files": ("note.txt", b"uploaded")})
+    uploaded = upload.json()[0]
+    assert httpx.get(f"{server.url}gradio_api/file={uploaded}").text == "uploaded"  # uploads are served
+    for path in ["/etc/passwd", str(REPO / "launch.py"), str(REPO / "assets" / ".." / "launch.py")]:
+        response = httpx.get(f"{server.url}gradio_api/file={path}")
+        assert response.status_code == 403, path
+    # A path the client did not upload is refused, not read.
+    not_uploaded = {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}
+    with pytest.raises(AppError):
+        client.predict(not_uploaded, QUESTION, 0.75, api_name="/answer")
+
+
+def test_launch_py_serves_on_loopback_only(model_dir):
+    port = free_port()
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("GRADIO_SERVER")}
+    process = subprocess.Popen([sys.executable, "launch.py", "--model", str(model_dir), "--port", str(port)],
+                               cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert process.poll() is None, process.stdout.read()
+                time.sleep(0.5)
+        else:
+            pytest.fail("launch.py did not start serving within 90 s")
+        listening = [c.laddr for c in psutil.Process(process.pid).net_connections() if c.status == "LISTEN"]
+        assert listening and all(address.ip == "127.0.0.1" for address in listening), listening
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
