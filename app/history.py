@@ -66,7 +66,9 @@ class History:
     def prefill_fraction(self, point: RunPoint) -> float | None:
         """`point`'s prefill time over the no-reduction run's; None while that is unknown."""
         baseline = self.baseline(point.key)
-        return None if baseline is None or not baseline.prefill_seconds else point.prefill_seconds / baseline.prefill_seconds
+        if baseline is None or not baseline.prefill_seconds:
+            return None
+        return point.prefill_seconds / baseline.prefill_seconds
 
 
 def same_answer(first: str, second: str) -> bool:

@@ -51,7 +51,7 @@ class Pictures:
         tokens = self.clusters[0].size
         return [
             (cluster_overlay(frame, clusters), f"{self._when(t)} · {tokens}→{len(np.unique(clusters))}")
-            for t, (frame, clusters) in enumerate(zip(self.frames, self.clusters))
+            for t, (frame, clusters) in enumerate(zip(self.frames, self.clusters, strict=True))
         ]
 
     def kept_gallery(self, layer: int) -> Gallery:
@@ -61,7 +61,7 @@ class Pictures:
         return [
             (kept_overlay(frame, kept),
              f"{self._when(t)} · {len(np.unique(clusters[kept]))}/{len(np.unique(clusters))}")
-            for t, (frame, clusters, kept) in enumerate(zip(self.frames, self.clusters, self.kept[layer]))
+            for t, (frame, clusters, kept) in enumerate(zip(self.frames, self.clusters, self.kept[layer], strict=True))
         ]
 
     def _when(self, index: int) -> str:

@@ -53,18 +53,20 @@ def tradeoff_figure(history: History, current: RunKey | None) -> go.Figure:
         latency = [(p, fraction) for p in runs if (fraction := history.prefill_fraction(p)) is not None]
         if latency:
             figure.add_scatter(x=[p.efficiency for p, _ in latency], y=[100 * f for _, f in latency],
-                               mode="lines+markers", name="prefill time", line={"color": AMBER, "width": 2, "dash": "dot"},
+                               mode="lines+markers", name="prefill time",
+                               line={"color": AMBER, "width": 2, "dash": "dot"},
                                customdata=[p.prefill_seconds for p, _ in latency],
                                hovertemplate="efficiency %{x:.2f}<br>prefill %{y:.0f}% (%{customdata:.3f} s)"
                                              "<extra></extra>")
         for agreement, (name, symbol, colour) in AGREEMENT_MARKERS.items():
             group = [p for p in runs if history.agrees(p) is agreement]
             if group:
+                marker = {"symbol": symbol, "color": colour, "size": 12, "line": {"width": 2, "color": colour}}
                 figure.add_scatter(x=[p.efficiency for p in group], y=[100 * p.flops_fraction for p in group],
-                                   mode="markers", name=name, marker={"symbol": symbol, "color": colour, "size": 12,
-                                                                      "line": {"width": 2, "color": colour}},
+                                   mode="markers", name=name, marker=marker,
                                    customdata=[_hover_answer(p) for p in group],
-                                   hovertemplate="efficiency %{x:.2f}<br>FLOPs %{y:.1f}%<br>%{customdata}<extra></extra>")
+                                   hovertemplate="efficiency %{x:.2f}<br>FLOPs %{y:.1f}%<br>%{customdata}"
+                                                 "<extra></extra>")
     else:
         figure.add_annotation(text="Ask a question: every run adds a point here.<br>Move the efficiency slider and "
                                    "ask again to draw the curve.", showarrow=False, x=0.5, y=50,

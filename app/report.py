@@ -46,7 +46,8 @@ def prediction(estimate: CostEstimate, config: AIMConfig, num_layers: int) -> st
 def stats_cards(stats: Stats) -> str:
     """The cards beside the answer."""
     if stats.peak_memory_bytes is not None:
-        memory = _card("Peak GPU memory", bytes_text(stats.peak_memory_bytes), f"KV cache {bytes_text(stats.kv_cache_bytes)}")
+        memory = _card("Peak GPU memory", bytes_text(stats.peak_memory_bytes),
+                       f"KV cache {bytes_text(stats.kv_cache_bytes)}")
     else:
         memory = _card("KV cache", bytes_text(stats.kv_cache_bytes), "peak memory is measured on GPU only")
     vision = ("cached", "reused: only the LLM ran") if stats.vision_cached else (
@@ -105,7 +106,8 @@ def note(text: str, bad: bool = False) -> str:
 
 def _card(title: str, value: str, detail: str) -> str:
     return (f'<div class="aim-card"><div class="aim-card-title">{escape(title)}</div>'
-            f'<div class="aim-card-value">{escape(value)}</div><div class="aim-card-detail">{escape(detail)}</div></div>')
+            f'<div class="aim-card-value">{escape(value)}</div>'
+            f'<div class="aim-card-detail">{escape(detail)}</div></div>')
 
 
 def flops_text(flops: float) -> str:

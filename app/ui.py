@@ -107,13 +107,13 @@ def build_app(runner: Runner) -> gr.Blocks:
                 with gr.Tabs():
                     with gr.Tab("Merged clusters"):
                         gr.Markdown(GALLERY_HELP["clusters"])
-                        clusters = gr.Gallery(show_label=False, columns=4, height=420, object_fit="contain", format="jpeg",
-                                              elem_id="clusters")
+                        clusters = gr.Gallery(show_label=False, columns=4, height=420, object_fit="contain",
+                                              format="jpeg", buttons=["download", "fullscreen"], elem_id="clusters")
                     with gr.Tab("Kept tokens by layer"):
                         gr.Markdown(GALLERY_HELP["kept"])
                         layer = gr.Slider(0, 1, value=0, step=1, label="LLM layer", elem_id="layer")
-                        kept = gr.Gallery(show_label=False, columns=4, height=360, object_fit="contain", format="jpeg",
-                                          elem_id="kept")
+                        kept = gr.Gallery(show_label=False, columns=4, height=360, object_fit="contain",
+                                          format="jpeg", buttons=["download", "fullscreen"], elem_id="kept")
         if samples:
             with gr.Accordion("Samples: videos with suggested questions and their answers", open=True):
                 gr.Examples(samples, inputs=[video, question, frames, expected], label=None, examples_per_page=4)
