@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
@@ -138,6 +138,12 @@ def pruning_layers(num_layers: int, prune_start: float, prune_end: float) -> tup
     if prune_start >= 1.0 or first >= num_layers:
         return None
     return first, max(first + 1, round(prune_end * num_layers))
+
+
+def no_pruning_before(keep_counts: Sequence[int], layer: int) -> list[int]:
+    """`keep_counts` with every visual token kept before decoder layer `layer`, for models that still add to the
+    visual tokens in their first layers (Qwen3-VL's deepstack features)."""
+    return [keep_counts[0]] * min(layer, len(keep_counts)) + list(keep_counts[layer:])
 
 
 def visual_keep_counts(num_layers: int, num_visual: int, prune_start: float, prune_end: float) -> list[int]:

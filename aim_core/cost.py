@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .config import DEFAULT_EFFICIENCY, AIMConfig, TokenReduction
+from .config import DEFAULT_EFFICIENCY, AIMConfig, TokenReduction, no_pruning_before
 from .errors import SettingsError
 from .flops import DecoderShape, prefill_flops
 from .merge import merged_count
@@ -45,12 +45,14 @@ def estimate_cost(
     text_tokens: int,
     config: TokenReduction,
     unmerged_visual_tokens: int = 0,
+    first_prunable_layer: int = 1,
 ) -> CostEstimate:
     """Predict the prefill of `num_frames` frames of `tokens_per_frame` visual tokens each, plus
-    `unmerged_visual_tokens` that merging leaves alone (LLaVA-OneVision's newline) and `text_tokens` of text."""
+    `unmerged_visual_tokens` that merging leaves alone (LLaVA-OneVision's newline) and `text_tokens` of text, on a
+    model whose layers before `first_prunable_layer` keep every visual token (see `no_pruning_before`)."""
     before = num_frames * tokens_per_frame + unmerged_visual_tokens
     after = num_frames * merged_count(tokens_per_frame, config.merge_keep) + unmerged_visual_tokens
-    keep = config.visual_keep_counts(shape.layers, after)
+    keep = no_pruning_before(config.visual_keep_counts(shape.layers, after), first_prunable_layer)
     tokens_per_layer = [count + text_tokens for count in keep]
     return CostEstimate(
         num_frames=num_frames,

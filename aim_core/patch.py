@@ -51,11 +51,13 @@ class VisualTokenPruner:
     Args:
         layers: the decoder layers, in order.
         project_qk: computes a layer's rotated queries and keys, for ranking (see `QKProjector`).
-        visual_start: position of the first visual token in the prompt.
-        num_visual: number of visual tokens, a contiguous run from `visual_start`.
-        prompt_length: length of the prompt; tokens after the visual run and before this rank the visual ones.
+        visual: where the visual tokens are in the prompt: the position of the first of a contiguous run, or a
+            `[num_visual]` tensor of their ascending positions when text comes between them (Qwen3-VL puts a
+            timestamp before each temporal step).
+        num_visual: number of visual tokens.
+        prompt_length: length of the prompt; tokens after the last visual one and before this rank the visual ones.
         keep_counts: visual tokens each layer processes (non-increasing; layer 0 keeps all).
-        importance: "text" (the prompt's tokens after the visual run rank them), "last" (its last token does) or
+        importance: "text" (the prompt's tokens after the visual ones rank them), "last" (its last token does) or
             "pagerank" (see `aim_core.prune`).
         forced_kept: per layer, visual indices to keep instead of ranking them (to replay an earlier prefill).
     """
@@ -64,7 +66,7 @@ class VisualTokenPruner:
         self,
         layers: Sequence[nn.Module],
         project_qk: QKProjector,
-        visual_start: int,
+        visual: int | torch.Tensor,
         num_visual: int,
         prompt_length: int,
         keep_counts: Sequence[int],
@@ -77,8 +79,12 @@ class VisualTokenPruner:
             raise ValueError("keep counts must start with all visual tokens and never increase")
         self.layers = list(layers)
         self.project_qk = project_qk
-        self.visual_start = visual_start
-        self.visual_end = visual_start + num_visual
+        if isinstance(visual, int):
+            visual = torch.arange(visual, visual + num_visual)
+        if len(visual) != num_visual:
+            raise ValueError(f"got {len(visual)} visual positions for {num_visual} visual tokens")
+        self.visual_positions = visual.cpu()
+        self.visual_end = int(visual[-1]) + 1 if num_visual else 0
         self.prompt_length = prompt_length
         self.keep_counts = list(keep_counts)
         self.importance = importance
@@ -86,6 +92,7 @@ class VisualTokenPruner:
         self.record = PrefillRecord()
         self.scoring_seconds = 0.0
         self._positions: torch.Tensor | None = None  # sequence positions held by the current layer's input
+        self._visual_index: torch.Tensor | None = None  # per sequence position, its visual index or -1 (text)
         self._layer_positions: list[torch.Tensor] = []  # positions each layer kept in its cache at prefill
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -114,6 +121,9 @@ class VisualTokenPruner:
         cos, sin = kwargs["position_embeddings"]
         if index == 0:
             self._positions = torch.arange(hidden.shape[1], device=hidden.device)
+            self._visual_index = torch.full((hidden.shape[1],), -1, device=hidden.device)
+            self._visual_index[self.visual_positions.to(hidden.device)] = torch.arange(
+                len(self.visual_positions), device=hidden.device)
             self._visual_count = self.keep_counts[0]
             self._layer_positions = []
             self.record = PrefillRecord()
@@ -132,7 +142,7 @@ class VisualTokenPruner:
 
         self._layer_positions.append(positions)
         self.record.tokens_per_layer.append(len(positions))
-        self.record.kept_visual.append(positions[is_visual] - self.visual_start)
+        self.record.kept_visual.append(self._visual_index[positions[is_visual]])
         if len(positions) == full_length:
             return args, kwargs
 
@@ -161,7 +171,7 @@ class VisualTokenPruner:
 
     def _is_visual(self, positions: torch.Tensor) -> torch.Tensor:
         """Which of the sequence positions hold visual tokens."""
-        return (positions >= self.visual_start) & (positions < self.visual_end)
+        return self._visual_index[positions] >= 0
 
     def _rows_to_keep(
         self,
@@ -177,7 +187,7 @@ class VisualTokenPruner:
         visual_rows = is_visual.nonzero().squeeze(1)
         count = self.keep_counts[index]
         if self.forced_kept is not None:
-            wanted = self.forced_kept[index].to(positions.device) + self.visual_start
+            wanted = self.visual_positions[self.forced_kept[index].cpu()].to(positions.device)
             chosen = visual_rows[torch.isin(positions[visual_rows], wanted)]
             if len(chosen) != count:
                 raise ValueError(f"layer {index}: forced kept set has {len(chosen)} tokens, expected {count}")
@@ -205,7 +215,7 @@ class VisualTokenPruner:
             query, key, scale = self.project_qk(layer, hidden[0], cos[0], sin[0], None)
             return pagerank_importance(query, key, positions, visual_rows, scale)
         query_rows = ((positions >= self.visual_end) & (positions < self.prompt_length)).nonzero().squeeze(1)
-        if self.importance == "last" or len(query_rows) == 0:  # no text after the visual run: the last token ranks
+        if self.importance == "last" or len(query_rows) == 0:  # no text after the visual tokens: the last one ranks
             query_rows = (positions < self.prompt_length).nonzero()[-1:, 0]
         query, key, scale = self.project_qk(layer, hidden[0], cos[0], sin[0], query_rows)
         return text_to_visual_importance(query, key, positions[query_rows], positions, visual_rows, scale)

@@ -8,11 +8,13 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL.Image
+import PIL.ImageOps
 import torch
 from transformers import (
     AutoModelForImageTextToText,
@@ -23,12 +25,13 @@ from transformers import (
     StoppingCriteria,
     TextIteratorStreamer,
 )
+from transformers.video_utils import VideoMetadata
 
 from .adapters import adapter_for
 from .adapters.base import VideoEncoding, VideoLLMAdapter
-from .config import AIMConfig, TokenReduction
+from .config import AIMConfig, TokenReduction, no_pruning_before
 from .cost import CostEstimate, estimate_cost
-from .errors import ModelError, QuestionError, SettingsError
+from .errors import ModelError, QuestionError, SettingsError, VideoError
 from .flops import DecoderShape, prefill_flops
 from .merge import MergeResult
 from .patch import PrefillRecord, VisualTokenPruner
@@ -36,7 +39,10 @@ from .video import SampledFrames, sample_frames
 
 MAX_FRAMES = 512
 MAX_QUESTION_CHARS = 2000
-VideoInput = str | Path | SampledFrames | np.ndarray
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# A video (a file, `SampledFrames`, uint8 [T, H, W, 3] frames) or an image (a file with one of `IMAGE_SUFFIXES`, a PIL
+# image, a uint8 [H, W, 3] array).
+VideoInput = str | Path | SampledFrames | np.ndarray | PIL.Image.Image
 
 
 @dataclass
@@ -75,14 +81,19 @@ class Stats:
 class Trace:
     """What the UI draws: which patch went into which merged token, and which merged tokens each layer kept.
 
+    Merging works on steps: a frame, or for Qwen models a temporal patch of `frames_per_step` = 2 frames (the
+    frames of a step share its tokens; a step's grid covers each of them whole). `clusters` and `kept_patches` give
+    one map per frame either way. For a LLaVA-OneVision image, the frames are the tiles the model cut it into.
+
     Attributes:
         frames: the frames the model saw.
-        grid: `(rows, cols)` of a frame's visual tokens before merging.
-        merge_source: `[frames, rows * cols]`, for each original token the index of its merged token in its frame
+        grid: `(rows, cols)` of a step's visual tokens before merging.
+        merge_source: `[steps, rows * cols]`, for each original token the index of its merged token in its step
             (-1 for a token dropped before the LLM, as `aim_core.baselines.RandomDrop` does).
-        merged_per_frame: merged tokens per frame.
-        kept_per_layer: per decoder layer, indices of the merged frame tokens it processed at prefill, numbered
-            frame by frame (`frame * merged_per_frame + j`).
+        merged_per_frame: merged tokens per step.
+        kept_per_layer: per decoder layer, indices of the merged tokens it processed at prefill, numbered step by
+            step (`step * merged_per_frame + j`); visual tokens that are never merged are numbered after them.
+        frames_per_step: frames behind each step; the last step may hold a repeat of the last frame.
     """
 
     frames: SampledFrames
@@ -90,19 +101,25 @@ class Trace:
     merge_source: torch.Tensor
     merged_per_frame: int
     kept_per_layer: list[torch.Tensor]
+    frames_per_step: int = 1
 
     def clusters(self) -> np.ndarray:
-        """`[frames, rows, cols]` merged-token id of every original token (its cluster within the frame)."""
-        return self.merge_source.reshape(-1, *self.grid).numpy()
+        """`[frames, rows, cols]` merged-token id of every original token (its cluster within its step)."""
+        return self._per_frame(self.merge_source).numpy()
 
     def kept_patches(self, layer: int) -> np.ndarray:
         """`[frames, rows, cols]` bool: original tokens whose merged token layer `layer` still processed."""
-        num_frames = self.merge_source.shape[0]
-        kept = torch.zeros(num_frames * self.merged_per_frame, dtype=torch.bool)
-        frame_tokens = self.kept_per_layer[layer]
-        kept[frame_tokens[frame_tokens < len(kept)]] = True
-        kept = kept.view(num_frames, self.merged_per_frame).gather(1, self.merge_source.clamp(min=0))
-        return (kept & (self.merge_source >= 0)).reshape(-1, *self.grid).numpy()
+        steps = self.merge_source.shape[0]
+        kept = torch.zeros(steps * self.merged_per_frame, dtype=torch.bool)
+        step_tokens = self.kept_per_layer[layer]
+        kept[step_tokens[step_tokens < len(kept)]] = True
+        kept = kept.view(steps, self.merged_per_frame).gather(1, self.merge_source.clamp(min=0))
+        return self._per_frame(kept & (self.merge_source >= 0)).numpy()
+
+    def _per_frame(self, per_step: torch.Tensor) -> torch.Tensor:
+        """`[steps, rows * cols]` -> `[frames, rows, cols]`: each step's map for each of its frames."""
+        per_frame = per_step.repeat_interleave(self.frames_per_step, dim=0)[: len(self.frames)]
+        return per_frame.reshape(-1, *self.grid)
 
 
 @dataclass
@@ -178,14 +195,16 @@ class VideoQA:
         return frames, self._cache[key].encoding, cached
 
     def _encode(self, video: VideoInput, num_frames: int) -> tuple[SampledFrames, str, bool]:
-        frames = self._sample(video, num_frames)
-        key = _digest(frames.frames)
+        image = _image_of(video)
+        frames = self._sample(video, num_frames) if image is None else SampledFrames.from_array(image[None])
+        key = _digest(frames, image is not None)
         cached = key in self._cache
         if cached:
             self._cache.move_to_end(key)
         else:
             started = _now(self.model.device)
-            encoding = self.adapter.encode_video(frames.frames)
+            encoding = self.adapter.encode_video(frames.frames, _metadata(frames)) if image is None else \
+                self.adapter.encode_image(image)
             self._cache[key] = _CachedVideo(encoding, _now(self.model.device) - started)
             _trim(self._cache, self._cached_videos)
         return frames, key, cached
@@ -219,13 +238,15 @@ class VideoQA:
 
         `frame_size` is the video's `(height, width)`, for models whose token count depends on it.
         """
-        tokens_per_frame, unmerged = self.adapter.visual_tokens_per_frame(*frame_size)
-        text_tokens = self.adapter.prompt(question, None, 0).length
-        return estimate_cost(self.shape, num_frames, tokens_per_frame, text_tokens, config, unmerged)
+        layout = self.adapter.layout(question, num_frames, *frame_size)
+        cost = estimate_cost(self.shape, layout.steps, layout.tokens_per_step, layout.text_tokens, config,
+                             layout.unmerged, self.adapter.first_prunable_layer)
+        return replace(cost, num_frames=num_frames)
 
     def answer(self, video: VideoInput, question: str, config: TokenReduction | None = None, num_frames: int = 32,
                max_new_tokens: int = 64, **generate_kwargs: Any) -> Answer:
-        """Answer `question` about `video` (a path, `SampledFrames`, or uint8 `[T, H, W, 3]` frames)."""
+        """Answer `question` about `video`: a video (a path, `SampledFrames`, or uint8 `[T, H, W, 3]` frames) or an
+        image (a path, a PIL image, or a uint8 `[H, W, 3]` array)."""
         stream = self.stream(video, question, config, num_frames, max_new_tokens, **generate_kwargs)
         for _ in stream:
             pass
@@ -283,11 +304,12 @@ class AnswerStream:
         frames, key, vision_cached = qa._encode(self.video, self.num_frames)
         encoding = qa._cache[key].encoding
         merged, merge_seconds = qa._reduced(key, self.config)
-        num_frames, per_frame = merged.tokens.shape[:2]
-        num_visual = num_frames * per_frame + len(encoding.suffix)
+        order = adapter.visual_order(encoding, merged)
+        num_visual = len(order)
         prompt = adapter.prompt(self.question, encoding, num_visual)
-        keep_counts = self.config.visual_keep_counts(qa.shape.layers, num_visual)
-        pruner = VisualTokenPruner(adapter.decoder_layers, adapter.project_qk, prompt.visual_start, num_visual,
+        keep_counts = no_pruning_before(self.config.visual_keep_counts(qa.shape.layers, num_visual),
+                                        adapter.first_prunable_layer)
+        pruner = VisualTokenPruner(adapter.decoder_layers, adapter.project_qk, prompt.visual_positions, num_visual,
                                    prompt.length, keep_counts, self.config.importance)
         # With nothing to prune no hook is installed, so efficiency 0 runs exactly the stock model.
         pruning = pruner if min(keep_counts) < num_visual else contextlib.nullcontext()
@@ -333,16 +355,16 @@ class AnswerStream:
             tokens_per_layer=[prompt.length] * qa.shape.layers,
             kept_visual=[torch.arange(num_visual)] * qa.shape.layers,
         )
-        baseline = estimate_cost(qa.shape, num_frames, encoding.tokens.shape[1], prompt.length - num_visual,
-                                 AIMConfig.none(), len(encoding.suffix))
+        text_tokens = prompt.length - num_visual
+        unreduced = len(adapter.visual_order(encoding, qa._reduced(key, AIMConfig.none())[0]))
         stats = Stats(
-            num_frames=num_frames,
-            visual_tokens_before_merge=baseline.visual_before_merge,
+            num_frames=len(frames),
+            visual_tokens_before_merge=unreduced,
             visual_tokens_after_merge=num_visual,
-            text_tokens=prompt.length - num_visual,
+            text_tokens=text_tokens,
             tokens_per_layer=record.tokens_per_layer,
             flops=prefill_flops(record.tokens_per_layer, qa.shape),
-            flops_baseline=baseline.flops_baseline,
+            flops_baseline=prefill_flops([unreduced + text_tokens] * qa.shape.layers, qa.shape),
             vision_seconds=qa._cache[key].vision_seconds,
             vision_cached=vision_cached,
             merge_seconds=merge_seconds,
@@ -356,11 +378,12 @@ class AnswerStream:
             peak_memory_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         )
         trace = Trace(
-            frames=frames,
+            frames=frames if encoding.views is None else SampledFrames.from_array(encoding.views),
             grid=encoding.grid,
             merge_source=merged.source.cpu(),
-            merged_per_frame=per_frame,
-            kept_per_layer=[kept.cpu() for kept in record.kept_visual],
+            merged_per_frame=merged.tokens.shape[1],
+            kept_per_layer=[order[kept.cpu()] for kept in record.kept_visual],
+            frames_per_step=encoding.frames_per_step,
         )
         self.answer = Answer(text=self.text.strip(), stats=stats, trace=trace, config=self.config,
                              cancelled=self._cancelled.is_set() and stats.new_tokens < self.max_new_tokens)
@@ -398,11 +421,38 @@ def _trim(cache: OrderedDict, size: int) -> None:
         cache.popitem(last=False)
 
 
-def _digest(frames: np.ndarray) -> str:
-    """Identity of a video for the cache: its decoded frames, so the same clip cached twice is one entry."""
-    digest = hashlib.blake2b(np.ascontiguousarray(frames).data, digest_size=16)
-    digest.update(str(frames.shape).encode())
+def _digest(frames: SampledFrames, is_image: bool) -> str:
+    """Identity of a video for the cache: its decoded frames and their times (Qwen's prompts give the times), so
+    the same clip cached twice is one entry."""
+    digest = hashlib.blake2b(np.ascontiguousarray(frames.frames).data, digest_size=16)
+    digest.update(np.ascontiguousarray(frames.timestamps, dtype=np.float64).data)
+    digest.update(f"{frames.frames.shape} {is_image}".encode())
     return digest.hexdigest()
+
+
+def _metadata(frames: SampledFrames) -> VideoMetadata:
+    """When the frames were taken, as `transformers`' video processors read it: indices into the video's frames."""
+    indices = [round(time * frames.fps) for time in frames.timestamps]
+    return VideoMetadata(total_num_frames=max(round(frames.duration * frames.fps), indices[-1] + 1), fps=frames.fps,
+                         duration=frames.duration, frames_indices=indices, height=frames.frames.shape[1],
+                         width=frames.frames.shape[2])
+
+
+def _image_of(media: VideoInput) -> np.ndarray | None:
+    """The uint8 `[H, W, 3]` RGB pixels of `media` if it is an image (upright, as its EXIF asks), else None."""
+    if isinstance(media, (str, Path)) and Path(media).suffix.lower() in IMAGE_SUFFIXES:
+        try:
+            with PIL.Image.open(media) as image:
+                media = PIL.ImageOps.exif_transpose(image).convert("RGB")
+        except (OSError, ValueError) as error:
+            raise VideoError(f"cannot read the image {str(media)!r}: {error}") from error
+    if isinstance(media, PIL.Image.Image):
+        return np.asarray(media.convert("RGB"))
+    if isinstance(media, np.ndarray) and media.ndim == 3:
+        if media.dtype != np.uint8 or media.shape[-1] != 3 or 0 in media.shape:
+            raise VideoError(f"an image must be a uint8 [H, W, 3] array, got {media.dtype} {list(media.shape)}")
+        return media
+    return None
 
 
 def _checked_question(question: str) -> str:

@@ -2,11 +2,13 @@
 
     python -m benchmarks.latency                      # Qwen2-0.5B-shaped LLaVA-OneVision, 16 frames, CPU
     python -m benchmarks.latency --shape qwen2-7b --frames 32 --dtype bfloat16   # on a GPU
+    python -m benchmarks.latency --family qwen2_5_vl --frames 32 --dtype bfloat16   # Qwen2.5-VL-3B-shaped
 
 The model has random weights (no downloads here), so the answers are meaningless but the work is real: the stock
 `LlavaOnevisionForConditionalGeneration` runs its own forward on 196 visual tokens per frame, as the released
-checkpoints do. Settings run interleaved (A B C A B C ...) and report medians, so drift on a noisy machine hits
-them all alike; every ratio compares numbers from this one run.
+checkpoints do (with `--family qwen2_5_vl`, the stock `Qwen2_5_VLForConditionalGeneration` on 448 px frames:
+256 visual tokens per temporal patch of 2 frames). Settings run interleaved (A B C A B C ...) and report medians,
+so drift on a noisy machine hits them all alike; every ratio compares numbers from this one run.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import numpy as np
 import torch
 
 from aim_core import AIMConfig, Answer, VideoQA
-from aim_core.random_models import QWEN2_0_5B_SHAPE, QWEN2_7B_SHAPE, build_llava_onevision
+from aim_core.random_models import QWEN2_0_5B_SHAPE, QWEN2_5_VL_3B_SHAPE, QWEN2_7B_SHAPE, build_llava_onevision, \
+    build_qwen_vl
 
 SHAPES = {"qwen2-0.5b": QWEN2_0_5B_SHAPE, "qwen2-7b": QWEN2_7B_SHAPE}
 RESULTS = Path(__file__).parent / "results"
@@ -87,6 +90,8 @@ def peak_memory(qa: VideoQA, frames: np.ndarray, config: AIMConfig, new_tokens: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=("llava_onevision", "qwen2_5_vl"), default="llava_onevision",
+                        help="qwen2_5_vl: a Qwen2.5-VL-3B-shaped model (--shape is for LLaVA-OneVision)")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen2-0.5b")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
@@ -94,22 +99,32 @@ def main() -> None:
     parser.add_argument("--efficiencies", default="0.5,0.9,1.0", help="extra points of the sweep, besides 0 and default")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default=str(RESULTS / "latency.md"), help="where to write the markdown table")
+    parser.add_argument("--out", help="where to write the markdown table (default: results/latency.md, or "
+                                      "results/latency-qwen2_5_vl.md for Qwen2.5-VL)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    model, processor = build_llava_onevision(SHAPES[args.shape], dtype=getattr(torch, args.dtype))
+    if args.family == "qwen2_5_vl":
+        model, processor = build_qwen_vl(QWEN2_5_VL_3B_SHAPE, dtype=getattr(torch, args.dtype))
+        size, model_name, out = 448, "Qwen2.5-VL with a Qwen2.5-VL-3B-shaped", RESULTS / "latency-qwen2_5_vl.md"
+    else:
+        model, processor = build_llava_onevision(SHAPES[args.shape], dtype=getattr(torch, args.dtype))
+        size, model_name, out = 378, f"LLaVA-OneVision with a {args.shape}-shaped", RESULTS / "latency.md"
+    args.out = args.out or str(out)
+    shape = "" if args.family == "qwen2_5_vl" else f" --shape {args.shape}"
+    command = f"--family {args.family}{shape} --frames {args.frames} --dtype {args.dtype}"
     qa = VideoQA.from_model(model.to(args.device), processor)
-    frames = np.random.default_rng(0).integers(0, 256, (args.frames, 378, 378, 3), dtype=np.uint8)
+    frames = np.random.default_rng(0).integers(0, 256, (args.frames, size, size, 3), dtype=np.uint8)
     settings = [Setting("no reduction", AIMConfig.none()), Setting("AIM default", AIMConfig()),
                 Setting("AIM default, PageRank importance", AIMConfig(importance="pagerank"))]
     settings += [Setting(f"efficiency {e}", AIMConfig.from_efficiency(float(e))) for e in args.efficiencies.split(",")]
 
     device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else \
         f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {device_name}; model: LLaVA-OneVision, {args.shape}-shaped LM, random weights, {args.dtype}; "
-          f"{args.frames} frames x 196 visual tokens")
-    run_once(qa, frames, settings[0].config, 2)  # warm-up, and fills the vision cache so only the LLM is timed
+    # warm-up, and fills the vision cache so only the LLM is timed
+    visual = run_once(qa, frames, settings[0].config, 2).stats.visual_tokens_before_merge
+    print(f"device: {device_name}; model: {model_name} language model, random weights, {args.dtype}; "
+          f"{args.frames} frames, {visual} visual tokens")
     runs: dict[str, list[Answer]] = {s.name: [] for s in settings}
     for repeat in range(args.repeats):
         for setting in settings:
@@ -124,10 +139,9 @@ def main() -> None:
     base_prefill = median("no reduction", lambda s: s.prefill_seconds)
     memory_label = "peak GPU memory" if args.device.startswith("cuda") else "peak extra RSS"
     lines = [
-        f"Device: {device_name}. Model: LLaVA-OneVision with a {args.shape}-shaped language model (random weights, "
-        f"{args.dtype}), {args.frames} frames x 196 visual tokens, {args.new_tokens} new tokens, median of "
-        f"{args.repeats} interleaved runs. Command: `python -m benchmarks.latency --shape {args.shape} "
-        f"--frames {args.frames} --dtype {args.dtype}`.",
+        f"Device: {device_name}. Model: {model_name} language model (random weights, {args.dtype}), "
+        f"{args.frames} frames, {visual} visual tokens, {args.new_tokens} new tokens, median of "
+        f"{args.repeats} interleaved runs. Command: `python -m benchmarks.latency {command}`.",
         "",
         f"| setting | visual tokens to LLM | prefill TFLOPs | FLOPs cut | prefill s | prefill speedup | "
         f"merge + scoring / prefill | KV cache MB | {memory_label} MB | memory saved | decode tokens/s |",

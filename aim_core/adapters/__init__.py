@@ -3,10 +3,11 @@
 from transformers import PreTrainedModel, ProcessorMixin
 
 from ..errors import ModelError
-from .base import Prompt, VideoEncoding, VideoLLMAdapter
+from .base import Prompt, VideoEncoding, VideoLLMAdapter, VisualLayout
 from .llava_onevision import LlavaOnevisionAdapter
+from .qwen_vl import QwenVLAdapter
 
-ADAPTERS: tuple[type[VideoLLMAdapter], ...] = (LlavaOnevisionAdapter,)
+ADAPTERS: tuple[type[VideoLLMAdapter], ...] = (LlavaOnevisionAdapter, QwenVLAdapter)
 
 
 def adapter_for(model: PreTrainedModel, processor: ProcessorMixin) -> VideoLLMAdapter:
@@ -19,4 +20,4 @@ def adapter_for(model: PreTrainedModel, processor: ProcessorMixin) -> VideoLLMAd
     raise ModelError(f"models of type {model_type!r} are not supported; supported: {supported}")
 
 
-__all__ = ["ADAPTERS", "Prompt", "VideoEncoding", "VideoLLMAdapter", "adapter_for"]
+__all__ = ["ADAPTERS", "Prompt", "VideoEncoding", "VideoLLMAdapter", "VisualLayout", "adapter_for"]

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin
+from transformers.video_utils import VideoMetadata
 
 from ..merge import MergeResult
 from ..patch import QKProjector
@@ -18,42 +19,83 @@ from ..patch import QKProjector
 
 @dataclass
 class VideoEncoding:
-    """A video run through the vision model once; everything the merge and the prompt need.
+    """A video (or an image) run through the vision model once; everything the merge and the prompt need.
 
     Attributes:
-        tokens: `[frames, n, dim]` visual tokens of each frame, as the LLM would see them, in raster order.
-        grid: `(rows, cols)` of the `n` tokens of a frame, for drawing them over the frame.
+        tokens: `[steps, n, dim]` visual tokens of each step, as the LLM would see them, in raster order. A step is
+            what merging works on: a frame (LLaVA-OneVision), a temporal patch of 2 frames (Qwen), an image tile.
+        grid: `(rows, cols)` of the `n` tokens of a step, for drawing them over its frames.
         suffix: `[s, dim]` visual tokens after the frames that are never merged (LLaVA-OneVision's image_newline).
         extras: family-specific bookkeeping (e.g. Qwen's `video_grid_thw`).
+        is_image: whether this is a single image rather than a video.
+        frames_per_step: frames behind each step (Qwen's temporal patches hold 2).
+        views: uint8 `[steps, H, W, 3]`, what each step covers when it is not the input frames (the tiles that
+            LLaVA-OneVision cuts an image into), for drawing.
     """
 
     tokens: torch.Tensor
     grid: tuple[int, int]
     suffix: torch.Tensor
     extras: dict[str, Any]
+    is_image: bool = False
+    frames_per_step: int = 1
+    views: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class VisualLayout:
+    """How a video of a given length and size reaches the LLM, known before the vision model runs (for estimates).
+
+    Attributes:
+        steps: rows of `VideoEncoding.tokens`.
+        tokens_per_step: visual tokens of a step before merging.
+        unmerged: visual tokens that merging leaves alone (LLaVA-OneVision's newline).
+        text_tokens: every other token of the prompt.
+    """
+
+    steps: int
+    tokens_per_step: int
+    unmerged: int
+    text_tokens: int
 
 
 @dataclass
 class Prompt:
-    """A tokenized prompt with its run of visual placeholders.
+    """A tokenized prompt and where its visual placeholders are.
 
     Attributes:
         input_ids: `[1, length]`.
-        visual_start: position of the first visual placeholder.
-        num_visual: length of the placeholder run.
+        visual_positions: `[num_visual]` ascending positions of the visual placeholders: one run, or several when
+            text comes between them (Qwen3-VL puts a timestamp before each temporal step).
     """
 
     input_ids: torch.Tensor
-    visual_start: int
-    num_visual: int
+    visual_positions: torch.Tensor
+
+    @classmethod
+    def with_run(cls, input_ids: torch.Tensor, visual_start: int, num_visual: int) -> Prompt:
+        """A prompt whose visual placeholders are the run `[visual_start, visual_start + num_visual)`."""
+        return cls(input_ids, torch.arange(visual_start, visual_start + num_visual))
 
     @property
     def length(self) -> int:
         return self.input_ids.shape[1]
 
+    @property
+    def num_visual(self) -> int:
+        return len(self.visual_positions)
+
+    @property
+    def visual_start(self) -> int:
+        """Position of the first visual placeholder."""
+        return int(self.visual_positions[0])
+
 
 class VideoLLMAdapter(ABC):
     """Binds AIM to one model family's stock `transformers` classes, without changing their code."""
+
+    # The earliest decoder layer allowed to drop visual tokens (Qwen3-VL adds features to them in its first layers).
+    first_prunable_layer: int = 1
 
     def __init__(self, model: PreTrainedModel, processor: ProcessorMixin) -> None:
         self.model = model
@@ -70,20 +112,36 @@ class VideoLLMAdapter(ABC):
         """The LLM's config, for its FLOPs."""
 
     @abstractmethod
-    def encode_video(self, frames: np.ndarray) -> VideoEncoding:
-        """Run uint8 `[T, H, W, 3]` frames through the model's processor, vision tower and projector."""
+    def encode_video(self, frames: np.ndarray, metadata: VideoMetadata | None = None) -> VideoEncoding:
+        """Run uint8 `[T, H, W, 3]` frames through the model's processor, vision tower and projector.
+
+        `metadata` says when the frames were taken, for models that tell the LLM (Qwen2.5-VL, Qwen3-VL); without it
+        the processor's default is used.
+        """
 
     @abstractmethod
-    def visual_tokens_per_frame(self, height: int, width: int) -> tuple[int, int]:
-        """`(tokens per frame, visual tokens after the frames that are never merged)` for frames of this size."""
+    def encode_image(self, image: np.ndarray) -> VideoEncoding:
+        """Run a uint8 `[H, W, 3]` image through the model's processor, vision tower and projector."""
 
     @abstractmethod
-    def prompt(self, question: str, encoding: VideoEncoding | None, num_visual: int) -> Prompt:
-        """The chat prompt for one user turn (the video, then the question) with `num_visual` placeholders."""
+    def layout(self, question: str, num_frames: int, height: int, width: int) -> VisualLayout:
+        """How `num_frames` frames of this size and the question reach the LLM, before any reduction."""
+
+    @abstractmethod
+    def prompt(self, question: str, encoding: VideoEncoding, num_visual: int) -> Prompt:
+        """The chat prompt for one user turn (the video or image, then the question) with `num_visual` placeholders."""
 
     @abstractmethod
     def generate_inputs(self, prompt: Prompt, encoding: VideoEncoding, merged: MergeResult) -> dict[str, Any]:
         """Keyword arguments for `model.generate` that feed the merged visual tokens in place of the video."""
+
+    def visual_order(self, encoding: VideoEncoding, merged: MergeResult) -> torch.Tensor:
+        """`[num_visual]`: for each visual token of the prompt, in order, the merged token it carries, numbered step
+        by step (`step * kept + j`); tokens that are never merged (LLaVA-OneVision's newlines) are numbered after.
+
+        By default the steps' merged tokens come in order, then the suffix.
+        """
+        return torch.arange(merged.tokens.shape[0] * merged.tokens.shape[1] + len(encoding.suffix))
 
     def project_qk(self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                    query_rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, float]:

@@ -3,6 +3,13 @@
 The video's tokens come from the model's own `get_video_features` (SigLIP tower -> projector -> 2x bilinear
 pooling -> one trailing `image_newline`); the merged tokens go back in through `generate(mm_encoder_outputs=...)`
 with the run of `<video>` placeholders shortened to match, which is how the stock forward accepts them.
+
+An image is cut by the processor into a base tile (the whole image, squeezed) and high-resolution tiles; the model
+lays their tokens out as the base tile, then the stitched tiles with the letterbox padding cut off (and the grid
+shrunk by interpolation when it exceeds 9 tiles), an `image_newline` ending each row. Merging works inside each
+tile; the merged image goes through the model's own layout, each cell standing for its cluster, and a cluster
+keeps only its first cell (in the model's order); the newlines are never merged, so with nothing merged the image
+is laid out exactly as the stock model does it.
 """
 
 from __future__ import annotations
@@ -15,9 +22,11 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.llava_onevision.modeling_llava_onevision import get_anyres_image_grid_shape
+from transformers.video_utils import VideoMetadata
 
 from ..merge import MergeResult
-from .base import Prompt, VideoEncoding, VideoLLMAdapter
+from .base import Prompt, VideoEncoding, VideoLLMAdapter, VisualLayout
 
 
 class LlavaOnevisionAdapter(VideoLLMAdapter):
@@ -32,7 +41,7 @@ class LlavaOnevisionAdapter(VideoLLMAdapter):
         return self.model.config.text_config
 
     @torch.inference_mode()
-    def encode_video(self, frames: np.ndarray) -> VideoEncoding:
+    def encode_video(self, frames: np.ndarray, metadata: VideoMetadata | None = None) -> VideoEncoding:
         pixels = self.processor.video_processor(videos=[frames], return_tensors="pt")["pixel_values_videos"]
         pixels = pixels.to(self.model.device, self.model.dtype)
         features = self.model.model.get_video_features(pixels, return_dict=True).pooler_output[0]
@@ -46,26 +55,107 @@ class LlavaOnevisionAdapter(VideoLLMAdapter):
             extras={},
         )
 
+    @torch.inference_mode()
+    def encode_image(self, image: np.ndarray) -> VideoEncoding:
+        inputs = self.processor.image_processor(images=[image], return_tensors="pt")
+        pixels = inputs["pixel_values"][0].to(self.model.device, self.model.dtype)  # [tiles, 3, size, size]
+        tiles = []  # the projected tokens of each tile, which the model goes on to lay out
+        hook = self.model.model.multi_modal_projector.register_forward_hook(lambda *args: tiles.append(args[-1]))
+        try:
+            self.model.model.get_image_features(pixels, inputs["image_sizes"])
+        finally:
+            hook.remove()
+        side = self.model.config.vision_config.image_size // self.model.config.vision_config.patch_size
+        processor = self.processor.image_processor
+        mean, std = (torch.tensor(v, dtype=torch.float32)[:, None, None] for v in (processor.image_mean,
+                                                                                  processor.image_std))
+        views = ((pixels.float().cpu() * std + mean) * 255).round().clamp(0, 255).byte().permute(0, 2, 3, 1)
+        return VideoEncoding(
+            tokens=tiles[0],
+            grid=(side, side),
+            suffix=self.model.model.image_newline[None],
+            extras={"image_size": inputs["image_sizes"][0]},
+            is_image=True,
+            views=views.numpy(),
+        )
+
     def visual_tokens_per_frame(self, height: int, width: int) -> tuple[int, int]:
         vision = self.model.config.vision_config
         side = math.ceil(vision.image_size // vision.patch_size / 2)  # apply_pooling halves each side
         return side * side, 1
 
+    def layout(self, question: str, num_frames: int, height: int, width: int) -> VisualLayout:
+        tokens_per_frame, unmerged = self.visual_tokens_per_frame(height, width)
+        return VisualLayout(num_frames, tokens_per_frame, unmerged, self._prompt(question, "video", 0).length)
+
     def prompt(self, question: str, encoding: VideoEncoding | None, num_visual: int) -> Prompt:
-        conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+        return self._prompt(question, "image" if encoding is not None and encoding.is_image else "video", num_visual)
+
+    def _prompt(self, question: str, modality: str, num_visual: int) -> Prompt:
+        conversation = [{"role": "user", "content": [{"type": modality}, {"type": "text", "text": question}]}]
         text = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
         ids = self.processor.tokenizer(text, return_tensors="pt")["input_ids"][0]
-        video_token = self.model.config.video_token_id
-        (placeholder,) = (ids == video_token).nonzero()[:, 0].tolist()
-        run = torch.full((num_visual,), video_token, dtype=ids.dtype)
+        token = getattr(self.model.config, f"{modality}_token_id")
+        (placeholder,) = (ids == token).nonzero()[:, 0].tolist()
+        run = torch.full((num_visual,), token, dtype=ids.dtype)
         input_ids = torch.cat([ids[:placeholder], run, ids[placeholder + 1 :]])[None]
-        return Prompt(input_ids=input_ids, visual_start=placeholder, num_visual=num_visual)
+        return Prompt.with_run(input_ids, placeholder, num_visual)
 
     def generate_inputs(self, prompt: Prompt, encoding: VideoEncoding, merged: MergeResult) -> dict[str, Any]:
-        visual = torch.cat([merged.tokens.flatten(0, 1), encoding.suffix])[None]
         input_ids = prompt.input_ids.to(self.model.device)
-        return {
-            "input_ids": input_ids,
-            "attention_mask": torch.ones_like(input_ids),
-            "mm_encoder_outputs": {"video": BaseModelOutputWithPooling(pooler_output=visual)},
-        }
+        inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+        if encoding.is_image:
+            visual = self._image_layout(encoding, merged)[0]
+            return {**inputs, "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=[visual])}}
+        visual = torch.cat([merged.tokens.flatten(0, 1), encoding.suffix])[None]
+        return {**inputs, "mm_encoder_outputs": {"video": BaseModelOutputWithPooling(pooler_output=visual)}}
+
+    def visual_order(self, encoding: VideoEncoding, merged: MergeResult) -> torch.Tensor:
+        if encoding.is_image:
+            return self._image_layout(encoding, merged)[1]
+        return super().visual_order(encoding, merged)
+
+    def _image_layout(self, encoding: VideoEncoding, merged: MergeResult) -> tuple[torch.Tensor, torch.Tensor]:
+        """The merged image as the model lays it out: `([num_visual, dim] tokens, [num_visual] visual order)`.
+
+        Every original token stands in for its cluster (the merged token it went into) and the model's own
+        `pack_image_features` lays the tiles out; a cluster then keeps only its first cell, and a token dropped
+        before the LLM (`source` -1) none.
+        """
+        tiles, n, dim = encoding.tokens.shape
+        kept = merged.tokens.shape[1]
+        source = merged.source.to(encoding.tokens.device)
+        spread = merged.tokens.gather(1, source.clamp(min=0)[..., None].expand(-1, -1, dim))
+        features = self.model.model.pack_image_features(
+            [spread], encoding.extras["image_size"][None], image_newline=encoding.suffix[0])[0][0]
+
+        token = self._packed_tokens(encoding)
+        token_source = source.flatten().cpu()[token.clamp(min=0)]
+        cluster = token.clamp(min=0) // n * kept + token_source
+        is_token = (token >= 0) & (token_source >= 0)
+        position = torch.arange(len(token))
+        first = torch.full((tiles * kept,), len(token)).scatter_reduce(0, cluster[is_token], position[is_token], "amin")
+        is_newline = token < 0
+        keep = is_newline | (is_token & (first[cluster.clamp(min=0)] == position))
+        order = torch.where(is_newline, tiles * kept + is_newline.cumsum(0) - 1, cluster)
+        return features[keep.to(features.device)], order[keep]
+
+    def _packed_tokens(self, encoding: VideoEncoding) -> torch.Tensor:
+        """For each cell of the image's stock layout, its nearest original token (`tile * n + i`), or -1 for a newline.
+
+        The model lays out the grid coordinates of the tokens beside their features, so each cell learns where it
+        sits in the stitched grid of high-resolution tiles even where the model interpolates the grid down.
+        """
+        tiles, n, _ = encoding.tokens.shape
+        side = encoding.grid[0]
+        image_size = encoding.extras["image_size"]
+        _, cols = get_anyres_image_grid_shape(image_size, self.model.config.image_grid_pinpoints,
+                                              self.model.config.vision_config.image_size)
+        tile, index = torch.arange(tiles - 1)[:, None], torch.arange(n)[None]  # tile t sits at (t // cols, t % cols)
+        place = torch.stack([(tile // cols) * side + index // side, (tile % cols) * side + index % side], dim=-1)
+        place = torch.cat([torch.zeros(1, n, 2), place.float()])  # the base tile is laid out first, as it is
+        packed = self.model.model.pack_image_features([place], image_size[None],
+                                                      image_newline=torch.full((2,), -1.0))[0][0][n:]
+        row, col = packed.round().long().unbind(-1)
+        grid_token = n + ((row // side) * cols + col // side) * n + (row % side) * side + col % side
+        return torch.cat([torch.arange(n), torch.where(packed[:, 0] < 0, -1, grid_token)])

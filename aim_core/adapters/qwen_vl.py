@@ -1,0 +1,214 @@
+"""AIM on stock Qwen2-VL, Qwen2.5-VL and Qwen3-VL (`Qwen2VLForConditionalGeneration`,
+`Qwen2_5_VLForConditionalGeneration`, `Qwen3VLForConditionalGeneration`).
+
+The vision tower sees a video 2 frames at a time (a temporal patch) and its patch merger folds 2x2 patches into one
+LLM token, so a step of merging is a temporal patch (an image is one step), its tokens the `(h/2, w/2)` grid in
+raster order. The LLM places visual tokens by 3-D rotary positions (M-RoPE: time, row, column), which the model's
+own `get_rope_index` computes from the prompt and the grid. To merge before the LLM, the positions of the unmerged
+prompt are computed first; each merged token then stands at the place of one member of its cluster (the one nearest
+the cluster's centre), and the LLM gets these as `position_ids`, which `generate` continues for new tokens, so
+decoding goes on from the end of the unmerged prompt. Inside the LLM the pruner slices the rotary tables the model
+computed, so pruning needs nothing Qwen-specific.
+
+Qwen3-VL adds "deepstack" features of inner vision layers to the hidden states of the visual tokens after each of its
+first decoder layers: they are merged with the same clusters (each cluster's mean, as the merged tokens are), and no
+layer drops visual tokens before all of them are added. Its prompt puts a timestamp before each temporal step, so
+its visual tokens come in several runs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
+from transformers.video_utils import VideoMetadata
+
+from ..merge import MergeResult
+from .base import Prompt, VideoEncoding, VideoLLMAdapter, VisualLayout
+
+
+class QwenVLAdapter(VideoLLMAdapter):
+    model_types = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.model.model.language_model.layers
+
+    @property
+    def text_config(self) -> PretrainedConfig:
+        return self.model.config.text_config
+
+    @property
+    def first_prunable_layer(self) -> int:
+        """After the deepstack layers: until then the model adds features at every visual position."""
+        return max(1, len(getattr(self.model.config.vision_config, "deepstack_visual_indexes", ())))
+
+    @torch.inference_mode()
+    def encode_video(self, frames: np.ndarray, metadata: VideoMetadata | None = None) -> VideoEncoding:
+        video_processor = self.processor.video_processor
+        temporal = video_processor.temporal_patch_size
+        if len(frames) < temporal:  # fill the one temporal patch by repeating the frame, as the processor pads
+            frames = np.concatenate([frames, frames[-1:].repeat(temporal - len(frames), axis=0)])
+        inputs = video_processor(videos=[frames], video_metadata=None if metadata is None else [metadata],
+                                 do_sample_frames=False, return_metadata=True, return_tensors="pt")
+        grid_thw = inputs["video_grid_thw"]
+        features = self.model.model.get_video_features(
+            inputs["pixel_values_videos"].to(self.model.device), grid_thw.to(self.model.device), return_dict=True)
+        metadata = inputs["video_metadata"][0]
+        extras = {"grid_thw": grid_thw, "metadata": metadata}
+        if "second_per_grid_ts" in self.processor.model_input_names:  # Qwen2.5-VL spaces steps by their duration
+            extras["second_per_grid_ts"] = torch.tensor([temporal / metadata.sampled_fps])
+        return self._encoding(features, extras, is_image=False, frames_per_step=temporal)
+
+    @torch.inference_mode()
+    def encode_image(self, image: np.ndarray) -> VideoEncoding:
+        inputs = self.processor.image_processor(images=[image], return_tensors="pt")
+        grid_thw = inputs["image_grid_thw"]
+        features = self.model.model.get_image_features(
+            inputs["pixel_values"].to(self.model.device), grid_thw.to(self.model.device), return_dict=True)
+        return self._encoding(features, {"grid_thw": grid_thw}, is_image=True, frames_per_step=1)
+
+    def _encoding(self, features: BaseModelOutputWithPooling, extras: dict[str, Any], is_image: bool,
+                  frames_per_step: int) -> VideoEncoding:
+        steps, height, width = extras["grid_thw"][0].tolist()
+        merge = self.model.config.vision_config.spatial_merge_size
+        grid = (height // merge, width // merge)
+        tokens = features.pooler_output[0].view(steps, grid[0] * grid[1], -1)
+        deepstack = getattr(features, "deepstack_features", None) or []
+        extras["deepstack"] = [layer[0].view_as(tokens) for layer in deepstack]
+        return VideoEncoding(tokens=tokens, grid=grid, suffix=tokens.new_zeros(0, tokens.shape[-1]), extras=extras,
+                             is_image=is_image, frames_per_step=frames_per_step)
+
+    def layout(self, question: str, num_frames: int, height: int, width: int) -> VisualLayout:
+        """For frames taken 1 s apart (Qwen3-VL writes each step's time in the prompt: a real clip's timestamps can
+        take a token more or less)."""
+        video_processor = self.processor.video_processor
+        temporal = video_processor.temporal_patch_size
+        patches = video_processor.get_num_of_video_patches(max(num_frames, temporal), height, width, {})
+        steps = math.ceil(num_frames / temporal)
+        tokens = patches // steps // video_processor.merge_size**2
+        # the placeholder text depends only on the number of steps and of tokens per step, not on the grid's shape
+        grid_thw = torch.tensor([[steps, 1, tokens * video_processor.merge_size**2]])
+        metadata = VideoMetadata(total_num_frames=num_frames, fps=1.0, frames_indices=list(range(num_frames)))
+        ids = self._unmerged_ids(question, False, grid_thw, metadata)
+        return VisualLayout(steps, tokens, 0, len(ids) - steps * tokens)
+
+    def prompt(self, question: str, encoding: VideoEncoding, num_visual: int) -> Prompt:
+        """The stock prompt with each step's run of placeholders cut to `num_visual / steps`."""
+        steps, n = encoding.tokens.shape[:2]
+        ids = self._unmerged_ids(question, encoding.is_image, encoding.extras["grid_thw"],
+                                 encoding.extras.get("metadata"))
+        is_visual = ids == self._token_id(encoding)
+        keep = ~is_visual | ((is_visual.cumsum(0) - 1) % n < num_visual // steps)
+        ids = ids[keep]
+        return Prompt(ids[None], (ids == self._token_id(encoding)).nonzero()[:, 0])
+
+    def _unmerged_ids(self, question: str, is_image: bool, grid_thw: torch.Tensor,
+                      metadata: VideoMetadata | None) -> torch.Tensor:
+        """`[length]` token ids of the prompt as the stock processor writes it for this image or video."""
+        modality = _modality(is_image)
+        conversation = [{"role": "user", "content": [{"type": modality}, {"type": "text", "text": question}]}]
+        text = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+        if is_image:
+            placeholder = self.processor.replace_image_token({"image_grid_thw": grid_thw}, image_idx=0)
+        else:
+            placeholder = self.processor.replace_video_token(
+                {"video_grid_thw": grid_thw, "video_metadata": [metadata]}, video_idx=0)
+        text = text.replace(getattr(self.processor, f"{modality}_token"), placeholder, 1)
+        return self.processor.tokenizer(text, return_tensors="pt")["input_ids"][0]
+
+    def _token_id(self, encoding: VideoEncoding) -> int:
+        return self.model.config.image_token_id if encoding.is_image else self.model.config.video_token_id
+
+    def generate_inputs(self, prompt: Prompt, encoding: VideoEncoding, merged: MergeResult) -> dict[str, Any]:
+        input_ids = prompt.input_ids.to(self.model.device)
+        features = {"pooler_output": (merged.tokens.flatten(0, 1),)}
+        if encoding.extras["deepstack"]:
+            features["deepstack_features"] = [(cluster_mean(layer, merged).flatten(0, 1),)
+                                              for layer in encoding.extras["deepstack"]]
+        output_class = BaseModelOutputWithDeepstackFeatures if "deepstack_features" in features else \
+            BaseModelOutputWithPooling
+        return {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "position_ids": self.position_ids(prompt, encoding, merged).to(self.model.device),
+            "mm_encoder_outputs": {_modality(encoding.is_image): output_class(**features)},
+        }
+
+    def position_ids(self, prompt: Prompt, encoding: VideoEncoding, merged: MergeResult) -> torch.Tensor:
+        """`[4, 1, length]` position ids of the merged prompt: its own positions (which the model's attention mask
+        reads), then the (time, row, column) rotary positions each token has in the unmerged prompt.
+
+        Also sets the model's `rope_deltas` so that a token after the prompt sits where it would after the unmerged
+        prompt, should a forward continue the cache without `position_ids` (`generate` continues the ones given).
+        """
+        steps, n = encoding.tokens.shape[:2]
+        kept = merged.tokens.shape[1]
+        ids, length = prompt.input_ids[0], prompt.length
+        is_visual = torch.zeros(length, dtype=torch.bool)
+        is_visual[prompt.visual_positions] = True
+        visual_before = is_visual.cumsum(0) - is_visual.long()
+        # Where each token sits in the unmerged prompt: every step before it had n placeholders, not `kept`;
+        # a merged token takes the place of its representative in its step.
+        column = torch.arange(length) + visual_before // kept * (n - kept)
+        step, index = visual_before[is_visual] // kept, visual_before[is_visual] % kept
+        column[is_visual] += representatives(merged.source.cpu(), encoding.grid, kept)[step, index] - index
+        unmerged = torch.full((length + steps * (n - kept),), self._token_id(encoding), dtype=ids.dtype)
+        unmerged[column[~is_visual]] = ids[~is_visual]
+
+        token_type = torch.where(unmerged == self._token_id(encoding), 1 if encoding.is_image else 2, 0)
+        grids = {f"{_modality(encoding.is_image)}_grid_thw": encoding.extras["grid_thw"]}
+        if "second_per_grid_ts" in encoding.extras:
+            grids["second_per_grid_ts"] = encoding.extras["second_per_grid_ts"]
+        rotary, deltas = self.model.model.get_rope_index(unmerged[None], mm_token_type_ids=token_type[None], **grids)
+        self.model.model.rope_deltas = (deltas + len(unmerged) - length).to(self.model.device)
+        return torch.cat([torch.arange(length)[None, None], rotary[:, :, column]])
+
+
+def _modality(is_image: bool) -> str:
+    return "image" if is_image else "video"
+
+
+def representatives(source: torch.Tensor, grid: tuple[int, int], kept: int) -> torch.Tensor:
+    """For each merged token, the original token whose place it takes: the member of its cluster nearest to the
+    cluster's centre on the grid (the lowest index on ties).
+
+    Args:
+        source: `[steps, n]` merged token of each original token (`MergeResult.source`; -1 for a dropped one).
+        grid: `(rows, cols)` of the `n` tokens.
+        kept: merged tokens per step.
+
+    Returns:
+        `[steps, kept]` indices into the `n` tokens.
+    """
+    steps, n = source.shape
+    index = torch.arange(n)
+    place = torch.stack([index // grid[1], index % grid[1]], dim=-1).float()  # [n, 2]: (row, column)
+    member = (source >= 0).float()[..., None]
+    cluster = source.clamp(min=0)
+    by_cluster = cluster[..., None].expand(-1, -1, 2)
+    centre = torch.zeros(steps, kept, 2).scatter_add_(1, by_cluster, place * member)
+    centre = centre / torch.zeros(steps, kept, 1).scatter_add_(1, cluster[..., None], member)
+    distance = (place - centre.gather(1, by_cluster)).square().sum(-1).masked_fill(source < 0, math.inf)
+    nearest = torch.full((steps, kept), math.inf).scatter_reduce(1, cluster, distance, "amin")
+    candidates = torch.where(distance == nearest.gather(1, cluster), index, n)
+    return torch.full((steps, kept), n).scatter_reduce(1, cluster, candidates, "amin")
+
+
+def cluster_mean(features: torch.Tensor, merged: MergeResult) -> torch.Tensor:
+    """`[steps, kept, dim]` mean of `[steps, n, dim]` per-token features over each merged token's cluster, which is
+    what merging made of the tokens themselves (its size-weighted means compose to the plain mean)."""
+    steps, _, dim = features.shape
+    source = merged.source.to(features.device)
+    member = (source >= 0)[..., None].to(features.dtype)
+    index = source.clamp(min=0)[..., None]
+    summed = features.new_zeros(steps, merged.tokens.shape[1], dim).scatter_add_(1, index.expand(-1, -1, dim),
+                                                                              features * member)
+    size = features.new_zeros(steps, merged.tokens.shape[1], 1).scatter_add_(1, index, member)
+    return summed / size
