@@ -171,10 +171,12 @@ class VideoQA:
             model = AutoModelForImageTextToText.from_pretrained(
                 name_or_path, dtype=dtype, device_map=device_map, attn_implementation=attn_implementation
             )
+            if device_map is None:
+                model = model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         except (OSError, ValueError, ImportError) as error:
             raise ModelError(f"cannot load model {str(name_or_path)!r}: {error}") from error
-        if device_map is None:
-            model = model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except (MemoryError, torch.OutOfMemoryError) as error:
+            raise ModelError(f"not enough memory to load model {str(name_or_path)!r}: {error}") from error
         return cls.from_model(model.eval(), processor)
 
     @classmethod
@@ -196,7 +198,7 @@ class VideoQA:
 
     def _encode(self, video: VideoInput, num_frames: int) -> tuple[SampledFrames, str, bool]:
         image = _image_of(video)
-        frames = self._sample(video, num_frames) if image is None else SampledFrames.from_array(image[None])
+        frames = self.sample_frames(video, num_frames) if image is None else SampledFrames.from_array(image[None])
         key = _digest(frames, image is not None)
         cached = key in self._cache
         if cached:
@@ -209,8 +211,9 @@ class VideoQA:
             _trim(self._cache, self._cached_videos)
         return frames, key, cached
 
-    def _sample(self, video: VideoInput, num_frames: int) -> SampledFrames:
-        """Frames of `video`; a file's frames are kept while it is unchanged, so a follow-up skips decoding."""
+    def sample_frames(self, video: VideoInput, num_frames: int) -> SampledFrames:
+        """`num_frames` frames of `video` (see `aim_core.sample_frames`); a file's frames are kept while the file is
+        unchanged, so a follow-up question skips decoding."""
         if isinstance(num_frames, bool) or not isinstance(num_frames, int) or not 1 <= num_frames <= MAX_FRAMES:
             raise SettingsError(f"num_frames must be an integer from 1 to {MAX_FRAMES}, got {num_frames!r}")
         if isinstance(video, SampledFrames):
@@ -372,7 +375,7 @@ class AnswerStream:
             prefill_seconds=clock.first - outcome["start"],
             decode_seconds=outcome["end"] - clock.first,
             time_to_first_token=(first_token_at or time.perf_counter()) - started,
-            total_seconds=time.perf_counter() - started,
+            total_seconds=outcome["end"] - started,  # not the consumer's pace
             new_tokens=output.sequences.shape[1] - prompt.length,
             kv_cache_bytes=_cache_bytes(output.cache),
             peak_memory_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,

@@ -27,7 +27,6 @@ from aim_core import (
     VideoError,
     VideoInfo,
     probe_video,
-    sample_frames,
 )
 
 from .models import ModelRegistry
@@ -52,7 +51,7 @@ class Limits:
 
 @dataclass
 class PreparedVideo:
-    """A checked video and its decoded frames; `decode_seconds` is 0 when they came from the cache."""
+    """A checked video, its decoded frames, and the seconds decoding (or finding them in the cache) took."""
 
     info: VideoInfo
     frames: SampledFrames
@@ -100,15 +99,14 @@ def config_for(efficiency: float | None) -> AIMConfig:
 class Runner:
     """Runs questions on the registry's model; one at a time (the app's queue makes sure of it).
 
-    Keeps the decoded frames of the last video (the model keeps their vision features), so that a follow-up
-    question, or the same one at another efficiency, runs the LLM only. Keeps each session's running stream so that
-    its Stop button can end generation at the next token.
+    The engine keeps recent videos' frames and vision features, so a follow-up question, or the same one at another
+    efficiency, runs the LLM only. Keeps each session's running stream so that its Stop button can end generation at
+    the next token.
     """
 
     def __init__(self, registry: ModelRegistry, limits: Limits = Limits()) -> None:
         self.registry = registry
         self.limits = limits
-        self._last_frames: tuple[tuple, SampledFrames] | None = None
         self._running: dict[str, AnswerStream] = {}
         self._running_lock = threading.Lock()
 
@@ -121,21 +119,16 @@ class Runner:
                                          frame_size, (question or "").strip() or PREVIEW_QUESTION)
 
     def prepare(self, path: str | None, num_frames: float, progress: Progress) -> PreparedVideo:
-        """Check the video and decode its frames, or take them from the cache if it is the last video again."""
+        """Check the video and decode its frames (the engine keeps them for the next question on this video)."""
         info = check_video(path, self.limits)
         frames_wanted = check_frames(num_frames, self.limits)
-        status = os.stat(info.path)
-        key = (info.path, status.st_mtime_ns, status.st_size, frames_wanted)
-        if self._last_frames is not None and self._last_frames[0] == key:
-            return PreparedVideo(info, self._last_frames[1], 0.0)
         progress(0.05, f"Decoding {min(frames_wanted, info.num_frames)} frames")
         started = time.perf_counter()
         try:
             with _memory_errors():
-                frames = sample_frames(info.path, frames_wanted)
+                frames = self.registry.qa.sample_frames(info.path, frames_wanted)
         except VideoError as error:
             raise VideoError(_without_folder(error, info.path)) from None
-        self._last_frames = (key, frames)
         return PreparedVideo(info, frames, time.perf_counter() - started)
 
     def stream(self, video: PreparedVideo, question: str, config: AIMConfig) -> AnswerStream:

@@ -14,7 +14,6 @@ from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin
 from transformers.video_utils import VideoMetadata
 
 from ..merge import MergeResult
-from ..patch import QKProjector
 
 
 @dataclass
