@@ -25,8 +25,13 @@ import numpy as np
 import torch
 
 from aim_core import AIMConfig, Answer, VideoQA
-from aim_core.random_models import QWEN2_0_5B_SHAPE, QWEN2_5_VL_3B_SHAPE, QWEN2_7B_SHAPE, build_llava_onevision, \
-    build_qwen_vl
+from aim_core.random_models import (
+    QWEN2_0_5B_SHAPE,
+    QWEN2_5_VL_3B_SHAPE,
+    QWEN2_7B_SHAPE,
+    build_llava_onevision,
+    build_qwen_vl,
+)
 
 SHAPES = {"qwen2-0.5b": QWEN2_0_5B_SHAPE, "qwen2-7b": QWEN2_7B_SHAPE}
 RESULTS = Path(__file__).parent / "results"

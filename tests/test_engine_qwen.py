@@ -14,8 +14,7 @@ from aim_core.adapters.qwen_vl import cluster_mean
 from aim_core.baselines import FastV, RandomDrop
 from aim_core.config import no_pruning_before
 from aim_core.patch import VisualTokenPruner
-from aim_core.random_models import QWEN2_5_VL_3B_SHAPE, QwenVLShape, build_qwen_tokenizer, build_qwen_vl, \
-    qwen_vl_config
+from aim_core.random_models import QWEN2_5_VL_3B_SHAPE, QwenVLShape, build_qwen_tokenizer, build_qwen_vl, qwen_vl_config
 
 QUESTION = "Which colour appears first?"
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")

@@ -7,12 +7,11 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from conftest import TINY_SHAPE
 
 from aim_core import AIMConfig, VideoError, VideoQA
 from aim_core.baselines import RandomDrop
 from aim_core.random_models import QwenVLShape, build_llava_onevision, build_qwen_vl
-
-from conftest import TINY_SHAPE
 
 QUESTION = "What is in the picture?"
 MERGE_ONLY = AIMConfig(merge_keep=0.25, prune_start=1.0, prune_end=1.0)
