@@ -1,0 +1,185 @@
+"""Accuracy against prefill FLOPs for AIM and the baselines, at equal FLOPs, on held-out synthetic questions.
+
+    python -m benchmarks.synthetic_sweep --n 500
+
+For each FLOPs budget (a fraction of no reduction's) every method turns its own knob to the least reduction that
+fits, predicted with `aim_core.estimate_cost`; the table reports the accuracy and the FLOPs each really used. All
+methods answer the same questions about the same sampled frames, through `VideoQA`, in one run. Also measured: the
+long-video point (AIM on 4x the frames at the cost of 32 frames with no reduction, on questions about short events)
+and the two importance rankings (text-to-visual attention and AIM's PageRank) at AIM's default.
+
+Writes benchmarks/results/synthetic_qa.md and benchmarks/results/synthetic_qa.png (needs kaleido and a Chromium).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+from aim_core import AIMConfig, VideoQA, estimate_cost, plan_for_budget
+from aim_core.baselines import FastV, RandomDrop
+from aim_core.config import TokenReduction
+
+from .synthetic_qa import DEFAULT_MODEL, Result, evaluate, held_out_videos
+
+RESULTS = Path(__file__).parent / "results"
+BUDGETS = (0.5, 0.25, 0.15, 0.1, 0.06)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A family of settings along one knob in [0, 1]: 0 is no reduction, larger reduces more."""
+
+    name: str
+    setting: Callable[[float], TokenReduction]
+
+
+METHODS = (
+    Method("AIM (merge + prune)", lambda knob: AIMConfig.from_efficiency(knob)),
+    Method("merge only", lambda knob: AIMConfig(merge_keep=max(1 - knob, 0.01), prune_start=1.0, prune_end=1.0)),
+    Method("prune only", lambda knob: AIMConfig(merge_keep=1.0, prune_start=max(1 - knob, 0.01),
+                                                prune_end=min(1.0, max(1 - knob, 0.01) + 0.3))),
+    Method("FastV (layer 2, last-token attention)", lambda knob: FastV(layer=2, keep=1 - knob)),
+    Method("random token dropping", lambda knob: RandomDrop(keep=max(1 - knob, 0.01))),
+)
+
+
+def fraction(qa: VideoQA, setting: TokenReduction, num_frames: int, frames_budget: int) -> float:
+    """Predicted prefill FLOPs of `setting` on `num_frames` frames, over no reduction's on `frames_budget` frames."""
+    size = qa.adapter.processor.video_processor.size["height"]
+    cost = qa.estimate(setting, num_frames, (size, size))
+    return cost.flops / qa.estimate(AIMConfig.none(), frames_budget, (size, size)).flops
+
+
+def least_reduction(qa: VideoQA, method: Method, budget: float, num_frames: int) -> TokenReduction | None:
+    """The setting of `method` with the smallest knob whose predicted FLOPs fit `budget`; None if none does."""
+    if fraction(qa, method.setting(1.0), num_frames, num_frames) > budget:
+        return None
+    low, high = 0.0, 1.0
+    for _ in range(30):
+        middle = (low + high) / 2
+        low, high = (low, middle) if fraction(qa, method.setting(middle), num_frames, num_frames) <= budget else \
+            (middle, high)
+    return method.setting(high)
+
+
+def most_frames_within(qa: VideoQA, budget: float, num_frames: int) -> int:
+    """Uniform frame subsampling: the most frames whose unreduced prefill fits `budget`."""
+    return max(f for f in range(1, num_frames + 1) if fraction(qa, AIMConfig.none(), f, num_frames) <= budget)
+
+
+def cell(result: Result | None, baseline: Result) -> str:
+    if result is None:
+        return "cannot reach"
+    return f"{100 * result.accuracy:.1f}% ({100 * result.flops / baseline.flops:.1f}% FLOPs)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--model", default=str(DEFAULT_MODEL))
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    qa = VideoQA.from_pretrained(args.model)
+    size = qa.adapter.processor.video_processor.size["height"]
+    videos = held_out_videos(args.n, args.seed, args.frames, size)
+    baseline = evaluate(qa, videos, AIMConfig.none())
+    print(f"no reduction: {baseline.accuracy:.3f} on {baseline.n} questions", flush=True)
+
+    curves: dict[str, list[Result | None]] = {}
+    for method in METHODS:
+        curves[method.name] = []
+        for budget in BUDGETS:
+            setting = least_reduction(qa, method, budget, args.frames)
+            curves[method.name].append(None if setting is None else evaluate(qa, videos, setting))
+            print(f"{method.name} at {budget:.0%}: {cell(curves[method.name][-1], baseline)}", flush=True)
+    subsampled = []
+    for budget in BUDGETS:
+        frames = most_frames_within(qa, budget, args.frames)
+        fewer = held_out_videos(args.n, args.seed, frames, size, answerable_from=args.frames)
+        result = evaluate(qa, fewer, AIMConfig.none())
+        result.flops_baseline = baseline.flops_baseline
+        subsampled.append(result)
+        print(f"{frames} frames at {budget:.0%}: {cell(result, baseline)}", flush=True)
+    curves[f"uniform frame subsampling (of {args.frames})"] = subsampled
+
+    default = evaluate(qa, videos, AIMConfig())
+    pagerank = evaluate(qa, videos, AIMConfig(importance="pagerank"))
+    long_video = long_video_point(qa, args, size)
+
+    lines = [
+        f"Demo model (`{Path(args.model).name}`), {baseline.n} held-out test questions (seed {args.seed}), "
+        f"{args.frames} frames; exact-match accuracy, and in brackets the prefill FLOPs used against no reduction. "
+        f"Command: `python -m benchmarks.synthetic_sweep --n {args.n} --seed {args.seed} --frames {args.frames}` "
+        f"({(time.perf_counter() - started) / 60:.0f} min on {qa.model.device}).",
+        "",
+        f"No reduction: **{100 * baseline.accuracy:.1f}%**. AIM's default (`AIMConfig()`): "
+        f"**{100 * default.accuracy:.1f}%** ({100 * default.accuracy / max(baseline.accuracy, 1e-9):.1f}% of no "
+        f"reduction's accuracy) at {baseline.flops / default.flops:.2f}x fewer FLOPs; with PageRank importance "
+        f"{100 * pagerank.accuracy:.1f}%.",
+        "",
+        "| method | " + " | ".join(f"budget {b:.0%}" for b in BUDGETS) + " |",
+        "|---|" + "---|" * len(BUDGETS),
+    ]
+    lines += [f"| {name} | " + " | ".join(cell(r, baseline) for r in results) + " |" for name, results in
+              curves.items()]
+    lines += ["", "Per question kind, no reduction vs AIM's default:", "",
+              "| kind | " + " | ".join(baseline.per_kind) + " |", "|---|" + "---|" * len(baseline.per_kind),
+              "| no reduction | " + " | ".join(f"{100 * v:.1f}%" for v in baseline.per_kind.values()) + " |",
+              "| AIM default | " + " | ".join(f"{100 * default.per_kind[k]:.1f}%" for k in baseline.per_kind) + " |",
+              "", long_video]
+    table = "\n".join(lines)
+    print("\n" + table)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "synthetic_qa.md").write_text(table + "\n")
+    plot(curves, baseline, default).write_image(RESULTS / "synthetic_qa.png", width=900, height=520, scale=2)
+
+
+def long_video_point(qa: VideoQA, args: argparse.Namespace, size: int) -> str:
+    """AIM on 4x the frames within the prefill budget of `args.frames` frames with no reduction, on questions about
+    short events (answerable from 4x the frames but not from `args.frames`)."""
+    many = 4 * args.frames
+    short = held_out_videos(args.n, args.seed, many, size, not_from=args.frames)
+    plain = held_out_videos(args.n, args.seed, args.frames, size, answerable_from=many, not_from=args.frames)
+    budget = qa.estimate(AIMConfig.none(), args.frames, (size, size)).flops
+    layout = qa.adapter.layout("", many, size, size)
+    plan = plan_for_budget(qa.shape, budget, layout.tokens_per_step, layout.text_tokens, frame_choices=(many,),
+                           max_efficiency=1.0, unmerged_visual_tokens=layout.unmerged)
+    few = evaluate(qa, plain, AIMConfig.none())
+    aim = evaluate(qa, short, plan.config)
+    assert estimate_cost(qa.shape, many, layout.tokens_per_step, layout.text_tokens, plan.config,
+                         layout.unmerged).flops <= budget
+    return (
+        f"Long-video point, {few.n} questions about short events (answerable from {many} frames, not from "
+        f"{args.frames}): no reduction on {args.frames} frames **{100 * few.accuracy:.1f}%** at "
+        f"{few.flops / 1e9:.2f} GFLOPs; AIM on {many} frames (efficiency {plan.efficiency:.2f}) "
+        f"**{100 * aim.accuracy:.1f}%** at {aim.flops / 1e9:.2f} GFLOPs."
+    )
+
+
+def plot(curves: dict[str, list[Result | None]], baseline: Result, default: Result) -> go.Figure:
+    figure = go.Figure()
+    for name, results in curves.items():
+        points = [r for r in results if r is not None]
+        figure.add_trace(go.Scatter(x=[100 * r.flops / baseline.flops for r in points],
+                                    y=[100 * r.accuracy for r in points], mode="lines+markers", name=name))
+    figure.add_trace(go.Scatter(x=[100], y=[100 * baseline.accuracy], mode="markers", name="no reduction",
+                                marker={"symbol": "star", "size": 14, "color": "black"}))
+    figure.add_trace(go.Scatter(x=[100 * default.flops / baseline.flops], y=[100 * default.accuracy],
+                                mode="markers", name="AIM default", marker={"symbol": "diamond", "size": 12}))
+    figure.update_layout(title="Accuracy against prefill FLOPs (synthetic long-video QA, demo model)",
+                         xaxis={"title": "prefill FLOPs, % of no reduction", "type": "log"},
+                         yaxis={"title": "exact-match accuracy, %"}, template="plotly_white")
+    return figure
+
+
+if __name__ == "__main__":
+    main()
