@@ -36,3 +36,13 @@ def random_frames() -> np.ndarray:
         base = np.stack([(x * 4 + t * 10) % 256, (y * 5) % 256, ((x + y) * 2) % 256], axis=-1)
         frames.append(np.clip(base + rng.normal(0, 20, base.shape), 0, 255))
     return np.asarray(frames, dtype=np.uint8)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tiny_llava, tmp_path_factory):
+    """`tiny_llava` saved like a hub checkpoint, for `from_pretrained`, the CLI and `launch.py --model`."""
+    folder = tmp_path_factory.mktemp("tiny-llava")
+    model, processor = tiny_llava
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -22,15 +22,6 @@ QUESTION = "What happens in this video?"
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_llava, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-model")
-    model, processor = tiny_llava
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def video(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("videos") / "clip.mp4"
     write_test_video(path, num_frames=40, height=60, width=80)
@@ -38,8 +29,8 @@ def video(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(model_dir):
-    with running_app(str(model_dir)) as running:
+def server(tiny_llava_dir):
+    with running_app(str(tiny_llava_dir)) as running:
         yield running
 
 
@@ -52,9 +43,9 @@ def ask(client: Client, video: str, question: str = QUESTION, efficiency: float 
     return client.predict(handle_file(video), question, efficiency, *frames, api_name="/answer")
 
 
-def test_answer_is_what_videoqa_answers_with_its_stats(client, model_dir, video):
+def test_answer_is_what_videoqa_answers_with_its_stats(client, tiny_llava_dir, video):
     text, result = ask(client, video, QUESTION, 0.75)
-    expected = VideoQA.from_pretrained(model_dir).answer(video, QUESTION, AIMConfig.from_efficiency(0.75),
+    expected = VideoQA.from_pretrained(tiny_llava_dir).answer(video, QUESTION, AIMConfig.from_efficiency(0.75),
                                                          num_frames=32, max_new_tokens=64)
     assert text == expected.text == result["answer"]
     stats = result["stats"]
@@ -127,10 +118,10 @@ def test_no_file_outside_the_uploads_and_assets_can_be_read(server, client):
         client.predict(not_uploaded, QUESTION, 0.75, api_name="/answer")
 
 
-def test_launch_py_serves_on_loopback_only(model_dir):
+def test_launch_py_serves_on_loopback_only(tiny_llava_dir):
     port = free_port()
     environment = {key: value for key, value in os.environ.items() if not key.startswith("GRADIO_SERVER")}
-    process = subprocess.Popen([sys.executable, "launch.py", "--model", str(model_dir), "--port", str(port)],
+    process = subprocess.Popen([sys.executable, "launch.py", "--model", str(tiny_llava_dir), "--port", str(port)],
                                cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 90

@@ -32,15 +32,6 @@ def chromium() -> str:
     return path
 
 
-@pytest.fixture(scope="module")
-def model_dir(tiny_llava, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-model")
-    model, processor = tiny_llava
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
 def set_slider(page: Page, elem_id: str, value: float) -> None:
     number = page.locator(f"#{elem_id} input[type=number]")
     number.fill(str(value))
@@ -53,11 +44,11 @@ def host_of(url: str) -> str | None:
     return None if address.scheme == "data" else address.hostname
 
 
-def test_a_visit_from_upload_to_pictures(model_dir, tmp_path):
+def test_a_visit_from_upload_to_pictures(tiny_llava_dir, tmp_path):
     video = tmp_path / "shapes.mp4"
     write_test_video(video, num_frames=40, height=90, width=160)
     requests: list[str] = []
-    with running_app(str(model_dir)) as running, sync_playwright() as playwright:
+    with running_app(str(tiny_llava_dir)) as running, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium(), args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1440, "height": 900})
         page.on("request", lambda request: requests.append(request.url))
@@ -79,7 +70,7 @@ def test_a_visit_from_upload_to_pictures(model_dir, tmp_path):
         page.locator("#ask").click()
 
         expect(page.locator("#status")).to_contain_text("faster prefill", timeout=RUN_TIMEOUT_MS)
-        expected = VideoQA.from_pretrained(model_dir).answer(str(video), QUESTION, AIMConfig.from_efficiency(0.6),
+        expected = VideoQA.from_pretrained(tiny_llava_dir).answer(str(video), QUESTION, AIMConfig.from_efficiency(0.6),
                                                              num_frames=32, max_new_tokens=64)
         expect(page.locator("#answer textarea")).to_have_value(expected.text)
         expect(page.locator("#stats-cards")).to_contain_text(

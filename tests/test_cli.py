@@ -14,15 +14,6 @@ from aim_core.video import write_video
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_llava):
-    path = tmp_path_factory.mktemp("tiny-llava")
-    model, processor = tiny_llava
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def video_path(tmp_path_factory, random_frames):
     path = tmp_path_factory.mktemp("video") / "clip.mp4"
     write_video(path, random_frames, fps=4)
@@ -35,12 +26,12 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def test_json_answer_matches_the_python_api(model_dir, video_path):
-    result = run_cli(str(video_path), "What happens?", "--model", str(model_dir), "--frames", "4",
+def test_json_answer_matches_the_python_api(tiny_llava_dir, video_path):
+    result = run_cli(str(video_path), "What happens?", "--model", str(tiny_llava_dir), "--frames", "4",
                      "--efficiency", "0.75", "--max-new-tokens", "5", "--json")
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout.strip().splitlines()[-1])
-    expected = VideoQA.from_pretrained(model_dir).answer(sample_frames(video_path, 4), "What happens?",
+    expected = VideoQA.from_pretrained(tiny_llava_dir).answer(sample_frames(video_path, 4), "What happens?",
                                                          config=AIMConfig(), max_new_tokens=5)
     assert printed["answer"] == expected.text
     assert printed["stats"]["tokens_per_layer"] == expected.stats.tokens_per_layer
@@ -49,8 +40,8 @@ def test_json_answer_matches_the_python_api(model_dir, video_path):
     assert printed["config"]["merge_keep"] == 0.25
 
 
-def test_plain_output_streams_the_answer_and_summarises(model_dir, video_path):
-    result = run_cli(str(video_path), "What happens?", "--model", str(model_dir), "--frames", "4",
+def test_plain_output_streams_the_answer_and_summarises(tiny_llava_dir, video_path):
+    result = run_cli(str(video_path), "What happens?", "--model", str(tiny_llava_dir), "--frames", "4",
                      "--max-new-tokens", "3")
     assert result.returncode == 0, result.stderr
     assert "fewer than no reduction" in result.stderr
@@ -67,10 +58,10 @@ def test_plain_output_streams_the_answer_and_summarises(model_dir, video_path):
         (["{video}", "What?", "--model", "/nonexistent/model"], "cannot load model"),
     ],
 )
-def test_errors_are_one_clear_line(model_dir, video_path, args, message):
+def test_errors_are_one_clear_line(tiny_llava_dir, video_path, args, message):
     args = [a.replace("{video}", str(video_path)) for a in args]
     if "--model" not in args:
-        args += ["--model", str(model_dir)]
+        args += ["--model", str(tiny_llava_dir)]
     result = run_cli(*args)
     assert result.returncode == 2
     assert message in result.stderr

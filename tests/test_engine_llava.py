@@ -114,8 +114,8 @@ def run_pruned(qa, frames, config, max_new_tokens):
                                prompt.length, counts, config.importance)
     inputs = qa.adapter.generate_inputs(prompt, encoding, merged)
     with pruner:
-        output = qa.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, min_new_tokens=max_new_tokens,
-                                   return_dict_in_generate=True, output_logits=True)
+        output = qa.model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                                   do_sample=False, return_dict_in_generate=True, output_logits=True)
     return output, inputs, pruner, prompt, num_visual, counts
 
 

@@ -101,14 +101,15 @@ class VideoLLMAdapter(ABC):
         self.processor = processor
 
     @property
-    @abstractmethod
     def decoder_layers(self) -> nn.ModuleList:
-        """The LLM's decoder layers, where pruning hooks go."""
+        """The LLM's decoder layers, where pruning hooks go (`model.model.language_model.layers` in the stock
+        LLaVA-OneVision and Qwen-VL classes)."""
+        return self.model.model.language_model.layers
 
     @property
-    @abstractmethod
     def text_config(self) -> PretrainedConfig:
         """The LLM's config, for its FLOPs."""
+        return self.model.config.text_config
 
     @abstractmethod
     def encode_video(self, frames: np.ndarray, metadata: VideoMetadata | None = None) -> VideoEncoding:

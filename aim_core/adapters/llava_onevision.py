@@ -19,8 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from transformers import PretrainedConfig
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava_onevision.modeling_llava_onevision import get_anyres_image_grid_shape
 from transformers.video_utils import VideoMetadata
@@ -31,14 +29,6 @@ from .base import Prompt, VideoEncoding, VideoLLMAdapter, VisualLayout
 
 class LlavaOnevisionAdapter(VideoLLMAdapter):
     model_types = ("llava_onevision",)
-
-    @property
-    def decoder_layers(self) -> nn.ModuleList:
-        return self.model.model.language_model.layers
-
-    @property
-    def text_config(self) -> PretrainedConfig:
-        return self.model.config.text_config
 
     @torch.inference_mode()
     def encode_video(self, frames: np.ndarray, metadata: VideoMetadata | None = None) -> VideoEncoding:

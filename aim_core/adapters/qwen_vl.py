@@ -23,8 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from transformers import PretrainedConfig
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 from transformers.video_utils import VideoMetadata
@@ -35,14 +33,6 @@ from .base import Prompt, VideoEncoding, VideoLLMAdapter, VisualLayout
 
 class QwenVLAdapter(VideoLLMAdapter):
     model_types = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
-
-    @property
-    def decoder_layers(self) -> nn.ModuleList:
-        return self.model.model.language_model.layers
-
-    @property
-    def text_config(self) -> PretrainedConfig:
-        return self.model.config.text_config
 
     @property
     def first_prunable_layer(self) -> int:
