@@ -1,0 +1,81 @@
+"""Exact-match accuracy of a video LLM on held-out synthetic questions, asked as the app asks them.
+
+Frames are sampled as the app samples them (`aim_core.video.frame_indices`), preprocessed by the model's own
+processor from the chat-template prompt, and answered by plain greedy `model.generate`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, ProcessorMixin
+
+from aim_core.video import frame_indices
+from synthetic.scenes import KINDS, Question, make_scene, pick, questions, render, split_seeds
+
+
+@dataclass(frozen=True)
+class Report:
+    accuracy: float
+    per_kind: dict[str, float]
+    counts: dict[str, int]  # questions asked per kind
+    num_frames: int
+
+
+def chat_prompt(processor: ProcessorMixin, question: str) -> str:
+    """The generation prompt for one video and one question, from the processor's chat template."""
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def normalise(answer: str) -> str:
+    return answer.strip().strip(".").lower()
+
+
+@torch.no_grad()
+def ask(model: PreTrainedModel, processor: ProcessorMixin, frames: np.ndarray, question: str) -> str:
+    """The model's greedy answer to `question` about uint8 [T, H, W, 3] `frames`."""
+    inputs = processor(text=chat_prompt(processor, question), videos=[frames], return_tensors="pt")
+    output = model.generate(**inputs.to(model.dtype), max_new_tokens=4, do_sample=False)
+    return processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def evaluate(
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
+    n: int,
+    seed: int,
+    num_frames: int,
+    split: str = "test",
+    size: int | None = None,
+) -> Report:
+    """Accuracy on about `n` questions (the same number of each kind) answerable from `num_frames` frames.
+
+    Videos are the seeds of `split` from offset `seed` on, rendered at `size` px (default: the processor's input
+    size; the processor resizes any other size), with one question of each kind per video while that kind still
+    needs questions, drawn with answers balanced (`scenes.pick`).
+    """
+    size = size or processor.video_processor.size["height"]
+    quota = math.ceil(n / len(KINDS))
+    hits: dict[str, list[bool]] = {kind: [] for kind in KINDS}
+    for video_seed in split_seeds(split, len(KINDS) * quota * 50, offset=seed):
+        if all(len(h) >= quota for h in hits.values()):
+            break
+        scene = make_scene(video_seed)
+        wanted = tuple(kind for kind in KINDS if len(hits[kind]) < quota)
+        fitting = [q for q in questions(scene) if q.min_frames <= num_frames]
+        asked: list[Question] = list(pick(fitting, np.random.default_rng(video_seed), 1, wanted))
+        frames = render(scene, size, frame_indices(scene.num_frames, num_frames))
+        for question in asked:
+            hits[question.kind].append(normalise(ask(model, processor, frames, question.text)) == question.answer)
+    per_kind = {kind: float(np.mean(h)) for kind, h in hits.items()}
+    every = [ok for h in hits.values() for ok in h]
+    return Report(float(np.mean(every)), per_kind, {kind: len(h) for kind, h in hits.items()}, num_frames)
+
+
+def format_report(report: Report, title: str) -> str:
+    kinds = " ".join(f"{kind} {acc:.3f} ({report.counts[kind]})" for kind, acc in report.per_kind.items())
+    return f"{title}: accuracy {report.accuracy:.3f} on {sum(report.counts.values())} questions | {kinds}"

@@ -1,0 +1,378 @@
+"""Train the offline demo model: a small stock LLaVA-OneVision that answers synthetic long-video questions.
+
+    python -m synthetic.train_demo_model --out assets/demo-model --seed 0
+
+From scratch, on CPU, seeded: the data of every step depends only on (seed, stage, step), so a run is reproducible
+up to floating-point differences between machines. The prompt is exactly the chat template's generation prompt for
+one video and one question; the loss is on the answer and the closing <|im_end|>.
+
+Three stages, because trained only end to end from answers, a random vision tower and language model spend far
+longer than the 60-minute budget learning the answers' priors before they start to look at the video:
+
+1. language: the language model learns to answer from *target features*, what the projector should output for each
+   pooled visual token given where the scene's shapes are (`TargetFeatures`). These cost no vision tower, so the
+   language model sees many short videos first, then long ones.
+2. vision: the vision tower and projector learn to produce the target features from pixels (regression).
+3. joint: the whole model, from pixels, on the answers, with the regression kept as an auxiliary loss.
+
+All the questions about one video share the prompt up to and including the video tokens, so the language model
+runs each video's prefix once and every question's remaining tokens on top of its KV cache. Under causal attention
+this gives the same logits as running each full prompt on its own (a test checks it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache, LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
+
+from aim_core.random_models import LlavaOnevisionShape, build_llava_onevision, build_tokenizer
+from aim_core.video import frame_indices
+from synthetic.evaluate import chat_prompt, evaluate, format_report
+from synthetic.scenes import (
+    COLOURS,
+    DIRECTIONS,
+    KINDS,
+    NUMBERS,
+    SHAPES,
+    Question,
+    Scene,
+    make_scene,
+    pick,
+    questions,
+    questions_seen,
+    render,
+    sampling_grids,
+    split_seeds,
+)
+
+# 64 px frames in 8 px patches: 8x8 patches, pooled to 4x4 = 16 visual tokens per frame (+1 newline per video).
+SHAPE = LlavaOnevisionShape(
+    image_size=64,
+    patch_size=8,
+    vision_hidden=96,
+    vision_layers=2,
+    vision_heads=4,
+    text_hidden=192,
+    text_layers=8,
+    text_heads=6,
+    text_kv_heads=2,
+    text_intermediate=576,
+    max_positions=4096,
+)
+POOLED = 4  # pooled visual tokens per frame side
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stretch of training: which parameters learn from which loss, on videos of which lengths."""
+
+    name: str  # "language", "vision" or "joint"
+    steps: int
+    lr: float
+    frames: tuple[int, ...] = (1,)  # frames per video, drawn uniformly at each step
+    videos: int = 8  # videos per step ("vision": frames per step)
+    minutes: float = 60.0  # the stage stops early past this, so that a slow machine still ends within budget
+
+
+# About 50 minutes on the project's 2-core machines. Short videos first: how many videos the language model sees
+# decides how soon it learns to look up the words of a question among the visual tokens, and short ones are cheap.
+STAGES = (
+    Stage("vision", 1500, 1e-3, videos=64, minutes=8),
+    Stage("language", 900, 2e-3, frames=(1, 2), videos=12, minutes=5),
+    Stage("language", 1200, 2e-3, frames=(2, 4, 8), videos=8, minutes=10),
+    Stage("language", 1200, 1e-3, frames=(8, 16, 32), videos=4, minutes=15),
+    Stage("joint", 600, 3e-4, frames=(8, 16, 32), videos=4, minutes=14),
+)
+QUESTIONS_PER_KIND = 2  # per video; the questions share the video's prefix, so more of them cost little
+
+
+def build(seed: int) -> tuple[LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor]:
+    """A randomly initialised model of SHAPE with a tokenizer trained on every word the questions use."""
+    texts = sorted({q.text for s in split_seeds("train", 300) for q in questions(make_scene(s))})
+    # Repeated so that every answer and the chat roles become single tokens.
+    words = " ".join([*COLOURS, *SHAPES, *DIRECTIONS, *NUMBERS, "yes", "no", "user", "assistant"])
+    tokenizer = build_tokenizer([*texts, *[words] * 50], vocab_size=400)
+    return build_llava_onevision(SHAPE, tokenizer, seed=seed)
+
+
+class TargetFeatures:
+    """What the projector should output for each pooled visual token: for every shape overlapping the token's cell,
+    its overlap times (colour vector + shape vector + position code); nothing for the background.
+
+    The colour and shape vectors are the directions of the language model's initial input embeddings of the words
+    the questions use (" red", " ring"), so from the first step a question word and the tokens it asks about point
+    the same way. The position code (x and y along two fixed random directions) is what "which way does it move"
+    needs: the language model's own positions only say where a token is in the sequence.
+    """
+
+    def __init__(self, model: LlavaOnevisionForConditionalGeneration, processor: LlavaOnevisionProcessor, seed: int):
+        embeddings = model.get_input_embeddings().weight.detach()
+        token = processor.tokenizer.convert_tokens_to_ids
+        unit = lambda v: v / v.norm()
+        self.colours = {c: unit(embeddings[token("Ġ" + c)]) for c in COLOURS}
+        self.shapes = {s: unit(embeddings[token("Ġ" + s)]) for s in SHAPES}
+        generator = torch.Generator().manual_seed(seed)
+        self.x, self.y = (unit(torch.randn(embeddings.shape[1], generator=generator)) for _ in range(2))
+        self.newline = model.model.image_newline
+
+    def __call__(self, scene: Scene, frames: np.ndarray) -> torch.Tensor:
+        """[len(frames) * 16, hidden] targets of the pooled tokens of the given frame indices, in the model's order."""
+        out = torch.zeros(len(frames), POOLED, POOLED, len(self.x))
+        for sprite in scene.sprites:
+            half = sprite.size / 2
+            for k in np.flatnonzero((frames >= sprite.start) & (frames < sprite.stop)):
+                cx, cy = sprite.centre(frames[k])
+                overlap = np.outer(_cell_overlap(float(cy), half), _cell_overlap(float(cx), half))
+                overlap = torch.tensor(overlap, dtype=torch.float32)[..., None]
+                code = self.colours[sprite.colour] + self.shapes[sprite.shape]
+                code = code + 2 * (float(cx) - 0.5) * self.x + 2 * (float(cy) - 0.5) * self.y
+                out[k] += overlap * code
+        return out.flatten(0, 2)
+
+    def with_newline(self, scene: Scene, frames: np.ndarray) -> torch.Tensor:
+        """The targets followed by the model's newline embedding: a stand-in for the whole video's features."""
+        return torch.cat([self(scene, frames), self.newline[None]])
+
+
+def _cell_overlap(centre: float, half: float) -> np.ndarray:
+    """How much of each of the POOLED cells along one axis [centre - half, centre + half] covers, in cell widths."""
+    edges = np.arange(POOLED + 1) / POOLED
+    return np.clip(np.minimum(centre + half, edges[1:]) - np.maximum(centre - half, edges[:-1]), 0, None) * POOLED
+
+
+@dataclass
+class Batch:
+    """V videos of the same length and Q questions about them, each prompt split where the video tokens end."""
+
+    scenes: list[Scene]
+    frames: list[np.ndarray]  # frame indices sampled from each scene
+    pixel_values: torch.Tensor  # [V, T, 3, H, W]
+    prefix: torch.Tensor  # [1, P] token ids up to and including the last video token, the same for every video
+    suffix: torch.Tensor  # [Q, S] question, generation prompt, answer, <|im_end|>; right-padded
+    labels: torch.Tensor  # [Q, S] the next token where it is part of the answer, else -100
+    video_of: torch.Tensor  # [Q] which video each question is about
+    questions: list[Question]
+
+
+def make_batch(
+    processor: LlavaOnevisionProcessor, scenes: list[Scene], frames: list[np.ndarray], asked: list[list[Question]]
+) -> Batch:
+    """Tokenise the prompts of `asked[v]` about `scenes[v]` shown at frame indices `frames[v]`."""
+    tokenizer = processor.tokenizer
+    videos = [render(scene, SHAPE.image_size, picked) for scene, picked in zip(scenes, frames)]
+    inputs = processor(text=chat_prompt(processor, asked[0][0].text), videos=videos[:1], return_tensors="pt")
+    pixels = processor.video_processor(videos=videos, return_tensors="pt")["pixel_values_videos"]
+    ids = inputs["input_ids"][0]
+    cut = int((ids == processor.video_token_id).nonzero().max()) + 1
+    rows, video_of, flat = [], [], []
+    for v, questions_about in enumerate(asked):
+        for question in questions_about:
+            tail = chat_prompt(processor, question.text).split(processor.video_token, 1)[1]
+            prompt = tokenizer(tail, add_special_tokens=False)["input_ids"]
+            answer = tokenizer(question.answer + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+            rows.append((prompt, answer))
+            video_of.append(v)
+            flat.append(question)
+    if rows[0][0] != ids[cut:].tolist():
+        raise AssertionError("the question tokens differ from the processor's: the prefix split is wrong")
+    width = max(len(p) + len(a) for p, a in rows)
+    suffix = torch.full((len(rows), width), tokenizer.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    for k, (prompt, answer) in enumerate(rows):
+        suffix[k, : len(prompt) + len(answer)] = torch.tensor(prompt + answer)
+        # Position j predicts token j + 1: the last prompt token predicts the first answer token.
+        labels[k, len(prompt) - 1 : len(prompt) + len(answer) - 1] = torch.tensor(answer)
+    return Batch(scenes, frames, pixels, ids[None, :cut], suffix, labels, torch.tensor(video_of), flat)
+
+
+def video_features(model: LlavaOnevisionForConditionalGeneration, pixel_values: torch.Tensor) -> torch.Tensor:
+    """[V, T * 16 + 1, hidden]: the projector's pooled tokens of each video, then the newline, as `generate` sees."""
+    config = model.config
+    return model.model.get_video_features(
+        pixel_values,
+        vision_feature_layer=config.vision_feature_layer,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+    ).pooler_output
+
+
+def answer_logits(
+    model: LlavaOnevisionForConditionalGeneration, batch: Batch, features: torch.Tensor | None = None
+) -> torch.Tensor:
+    """[Q, S, vocab] logits of the suffix tokens. Each video's prefix runs once and its KV cache is shared by its
+    questions. `features` ([V, T * 16 + 1, hidden]) replace the model's own video features when given."""
+    config, core = model.config, model.model
+    if features is None:
+        features = video_features(model, batch.pixel_values)
+    embeds = core.get_input_embeddings()(batch.prefix).expand(len(features), -1, -1)
+    is_video = (batch.prefix == config.video_token_index)[..., None].expand_as(embeds)
+    embeds = embeds.masked_scatter(is_video, features.to(embeds.dtype))
+    cache = DynamicCache(config=core.language_model.config)
+    core.language_model(inputs_embeds=embeds, cache=cache, use_cache=True)
+    cache.reorder_cache(batch.video_of)
+    # Right padding needs no mask: under causal attention no real token sees a pad after it.
+    hidden = core.language_model(input_ids=batch.suffix, cache=cache, use_cache=True).last_hidden_state
+    return model.lm_head(hidden)
+
+
+def training_batch(processor: LlavaOnevisionProcessor, stage: Stage, seed: int, step: int) -> Batch:
+    """Fresh training scenes, each with a random uniform sampling grid and one question of each kind answerable from
+    exactly the frames sampled (answers balanced by `pick`)."""
+    rng = np.random.default_rng([seed, STAGES.index(stage), step])
+    num_frames = int(rng.choice(stage.frames))
+    scenes, frames, asked = [], [], []
+    first_seed = (seed * len(STAGES) + STAGES.index(stage)) * 10_000_000 + step * stage.videos * 4
+    for scene_seed in split_seeds("train", stage.videos * 4, offset=first_seed):
+        if len(scenes) == stage.videos:
+            break
+        scene = make_scene(scene_seed)
+        grids = sampling_grids(scene.num_frames, num_frames)
+        picked = grids[rng.integers(len(grids))]
+        chosen = list(pick(questions_seen(scene, picked), rng, QUESTIONS_PER_KIND))
+        if chosen:
+            scenes.append(scene)
+            frames.append(picked)
+            asked.append(chosen)
+    return make_batch(processor, scenes, frames, asked)
+
+
+def validation_batches(processor: LlavaOnevisionProcessor, num_frames: int = 32, videos: int = 48) -> list[Batch]:
+    """Fixed validation videos sampled as the app samples them, one question of each kind per video."""
+    batches = []
+    for seed in split_seeds("val", videos):
+        scene = make_scene(seed)
+        picked = frame_indices(scene.num_frames, num_frames)
+        fitting = [q for q in questions(scene) if q.min_frames <= num_frames]
+        batches.append(make_batch(processor, [scene], [picked], [list(pick(fitting, np.random.default_rng(seed), 1))]))
+    return batches
+
+
+@torch.no_grad()
+def validate(
+    model: LlavaOnevisionForConditionalGeneration, batches: list[Batch], targets: TargetFeatures | None = None
+) -> dict[str, float]:
+    """Exact-match accuracy per kind under teacher forcing (right when every answer token is the argmax given the ones
+    before it: exactly when greedy decoding gives the answer), from the pixels, or from the targets if given."""
+    model.eval()
+    hits: dict[str, list[bool]] = {kind: [] for kind in KINDS}
+    for batch in batches:
+        features = None
+        if targets is not None:
+            features = torch.stack([targets.with_newline(s, f) for s, f in zip(batch.scenes, batch.frames)])
+        right = (answer_logits(model, batch, features).argmax(-1) == batch.labels) | (batch.labels == -100)
+        for question, ok in zip(batch.questions, right.all(-1).tolist()):
+            hits[question.kind].append(ok)
+    model.train()
+    scores = {kind: float(np.mean(h)) for kind, h in hits.items() if h}
+    return {"all": float(np.mean([ok for h in hits.values() for ok in h])), **scores}
+
+
+def vision_batch(stage: Stage, seed: int, step: int) -> tuple[list[Scene], list[int]]:
+    """`stage.videos` random frames of fresh training scenes, most of them showing a shape."""
+    rng = np.random.default_rng([seed, STAGES.index(stage), step])
+    first_seed = 500_000_000 + (seed * len(STAGES) + STAGES.index(stage)) * 10_000_000 + step * stage.videos
+    scenes = [make_scene(s) for s in split_seeds("train", stage.videos, offset=first_seed)]
+    return scenes, [int(rng.integers(scene.num_frames)) for scene in scenes]
+
+
+def run_stage(
+    model: LlavaOnevisionForConditionalGeneration,
+    processor: LlavaOnevisionProcessor,
+    targets: TargetFeatures,
+    stage: Stage,
+    seed: int,
+    val: list[Batch],
+) -> None:
+    """Train the parameters `stage` trains, with cosine decay from `stage.lr` after a short warm-up."""
+    core = model.model
+    if stage.name == "language":
+        params = [*core.language_model.parameters(), *model.lm_head.parameters(), core.image_newline]
+    elif stage.name == "vision":
+        params = [*core.vision_tower.parameters(), *core.multi_modal_projector.parameters()]
+    else:
+        params = list(model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=stage.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    start, losses = time.time(), []
+    hits: dict[str, list[bool]] = {kind: [] for kind in KINDS}
+    for step in range(stage.steps):
+        if time.time() - start > stage.minutes * 60:
+            print(f"{stage.name} {stage.frames}: past {stage.minutes} min, stopping at step {step}", flush=True)
+            break
+        warmup = min(1.0, (step + 1) / 50)
+        for group in optimizer.param_groups:
+            group["lr"] = stage.lr * warmup * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / stage.steps)))
+        if stage.name == "vision":
+            scenes, picked = vision_batch(stage, seed, step)
+            videos = [render(scene, SHAPE.image_size, np.array([t])) for scene, t in zip(scenes, picked)]
+            pixels = processor.video_processor(videos=[np.concatenate(videos)], return_tensors="pt")
+            features = video_features(model, pixels["pixel_values_videos"])[0, :-1]
+            wanted = torch.cat([targets(scene, np.array([t])) for scene, t in zip(scenes, picked)])
+            loss = F.mse_loss(features, wanted) * wanted.shape[-1]
+        else:
+            batch = training_batch(processor, stage, seed, step)
+            wanted = torch.stack([targets.with_newline(s, f) for s, f in zip(batch.scenes, batch.frames)])
+            features = wanted if stage.name == "language" else video_features(model, batch.pixel_values)
+            logits = answer_logits(model, batch, features)
+            right = ((logits.argmax(-1) == batch.labels) | (batch.labels == -100)).all(-1)
+            for question, ok in zip(batch.questions, right.tolist()):
+                hits[question.kind].append(ok)
+            loss = F.cross_entropy(logits.flatten(0, 1), batch.labels.flatten(), ignore_index=-100)
+            if stage.name == "joint":
+                loss = loss + F.mse_loss(features[:, :-1], wanted[:, :-1]) * wanted.shape[-1]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        if (step + 1) % 100 == 0 or step + 1 == stage.steps:
+            line = f"{stage.name} {stage.frames} step {step + 1}: loss {np.mean(losses[-100:]):.4f}"
+            if stage.name != "vision":
+                line += " | train " + " ".join(f"{k} {np.mean(h[-100:]):.2f}" for k, h in hits.items() if h)
+            if stage.name != "vision" and ((step + 1) % 300 == 0 or step + 1 == stage.steps):
+                scores = validate(model, val, targets if stage.name == "language" else None)
+                line += " | val@32 " + " ".join(f"{k} {v:.2f}" for k, v in scores.items())
+            print(f"{line} | {time.time() - start:.0f}s", flush=True)
+
+
+def train(seed: int) -> tuple[LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor]:
+    torch.manual_seed(seed)
+    model, processor = build(seed)
+    model.train()
+    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {SHAPE}", flush=True)
+    targets = TargetFeatures(model, processor, seed)
+    val = validation_batches(processor)
+    started = time.time()
+    for stage in STAGES:
+        run_stage(model, processor, targets, stage, seed, val)
+    print(f"trained in {(time.time() - started) / 60:.1f} min", flush=True)
+    return model.eval(), processor
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="folder to save the model, processor and tokenizer in")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--eval-questions", type=int, default=700, help="held-out test questions per frame count")
+    parser.add_argument("--eval-frames", type=int, nargs="*", default=[32, 128])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    model, processor = train(args.seed)
+    # Half precision halves the files; the check below runs on what was saved, loaded back in float32.
+    model.to(torch.float16).save_pretrained(args.out)
+    processor.save_pretrained(args.out)
+    loaded = LlavaOnevisionForConditionalGeneration.from_pretrained(args.out, dtype=torch.float32).eval()
+    for num_frames in args.eval_frames:
+        report = evaluate(loaded, processor, args.eval_questions, seed=0, num_frames=num_frames)
+        print(format_report(report, f"test, {num_frames} frames, saved fp16 model in fp32"), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""The synthetic long-video QA generator, the demo model's training forward, the shipped samples and model."""
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aim_core.video import frame_indices, sample_frames
+from synthetic.evaluate import ask, normalise
+from synthetic.scenes import (
+    COLOURS,
+    DIRECTIONS,
+    FRAME_COUNTS,
+    KINDS,
+    NUMBERS,
+    SHAPES,
+    SPLITS,
+    _answerable,
+    make_example,
+    make_scene,
+    pick,
+    questions,
+    render,
+    sampling_grids,
+    split_seeds,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_DIR = ROOT / "assets" / "demo-model"
+SAMPLES_DIR = ROOT / "assets" / "samples"
+ANSWERS = {
+    "first": {*COLOURS, *SHAPES},
+    "last": {*COLOURS, *SHAPES},
+    "after": {*COLOURS, *SHAPES},
+    "which": {*COLOURS, *SHAPES},
+    "count": set(NUMBERS),
+    "direction": set(DIRECTIONS),
+    "exists": {"yes", "no"},
+}
+
+
+def test_examples_are_deterministic_and_differ_between_seeds():
+    a, b, c = make_example(7), make_example(7), make_example(8)
+    assert np.array_equal(a.frames, b.frames) and a.questions == b.questions and a.scene == b.scene
+    assert a.scene != c.scene
+    assert a.frames.dtype == np.uint8 and a.frames.shape[1:] == (64, 64, 3)
+    assert 64 <= len(a.frames) <= 256
+
+
+def test_rendering_a_subset_of_frames_matches_rendering_all():
+    scene = make_scene(3, 200)
+    picked = frame_indices(200, 32)
+    assert np.array_equal(render(scene, 48, picked), render(scene, 48)[picked])
+
+
+def test_splits_are_disjoint_and_bounded():
+    names = list(SPLITS)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert max(SPLITS[a].start, SPLITS[b].start) >= min(SPLITS[a].stop, SPLITS[b].stop)
+    assert split_seeds("val", 3, offset=5) == range(SPLITS["val"].start + 5, SPLITS["val"].start + 8)
+    with pytest.raises(ValueError):
+        split_seeds("test", len(SPLITS["test"]) + 1)
+
+
+def test_every_kind_is_generated_with_answers_from_its_vocabulary():
+    asked = [q for seed in split_seeds("val", 40) for q in questions(make_scene(seed))]
+    assert {q.kind for q in asked} == set(KINDS)
+    for q in asked:
+        assert q.answer in ANSWERS[q.kind], q
+        assert q.min_frames in FRAME_COUNTS
+    # Long events are answerable from the app's default 32 frames; brief ones need more, for every kind.
+    at_32 = Counter(q.kind for q in asked if q.min_frames <= 32)
+    assert all(at_32[kind] > 0 for kind in KINDS)
+    assert any(q.min_frames >= 64 for q in asked)
+
+
+def test_pick_balances_answers():
+    asked = [
+        q for seed in split_seeds("val", 200) for q in pick(questions(make_scene(seed)), np.random.default_rng(seed), 1)
+    ]
+    exists = Counter(q.answer for q in asked if q.kind == "exists")
+    assert abs(exists["yes"] - exists["no"]) < 0.2 * sum(exists.values())
+
+
+def test_min_frames_is_enough_for_the_apps_sampling_and_brief_questions_need_it():
+    for seed in split_seeds("val", 30):
+        scene = make_scene(seed)
+        for question in questions(scene):
+            for count in FRAME_COUNTS:
+                seen = _answerable(scene, frame_indices(scene.num_frames, count))
+                if count >= question.min_frames:
+                    assert seen.get(question.text) == (question.answer, question.kind)
+            if question.min_frames > 32:
+                grids = sampling_grids(scene.num_frames, 32)
+                assert any(question.text not in _answerable(scene, grid) for grid in grids)
+
+
+def test_the_apps_sampling_grid_is_one_the_labels_hold_for():
+    for total, count in [(256, 32), (100, 32), (64, 16), (250, 128), (50, 64)]:
+        grids = sampling_grids(total, count)
+        assert any(np.array_equal(frame_indices(total, count), grid) for grid in grids)
+
+
+def test_pixels_agree_with_the_scene():
+    """Each shape shows its colour around its centre while visible; frames with no shape have no saturated pixel."""
+    for seed in split_seeds("val", 10):
+        scene = make_scene(seed)
+        frames = render(scene, 64).astype(np.float32)
+        visible = np.zeros(scene.num_frames, dtype=bool)
+        for sprite in scene.sprites:
+            visible[sprite.start : sprite.stop] = True
+            t = (sprite.start + sprite.stop - 1) // 2
+            x, y = (int(v * 64) for v in sprite.centre(t))
+            near = frames[t, max(y - 8, 0) : y + 8, max(x - 8, 0) : x + 8]  # a ring is hollow at its centre
+            assert (np.abs(near - np.array(COLOURS[sprite.colour])).max(-1) < 2).any()
+        saturation = frames.max(-1) - frames.min(-1)
+        assert saturation[~visible].max() < 100 < saturation[visible].max(axis=(1, 2)).min()
+
+
+def test_directions_agree_with_the_pixels():
+    for seed in split_seeds("val", 10):
+        scene = make_scene(seed)
+        for q in questions(scene):
+            if q.kind != "direction":
+                continue
+            sprite = next(s for s in scene.sprites if f"the {s.name} move" in q.text)
+            ends = render(scene, 64, np.array([sprite.start, sprite.stop - 1])).astype(np.float32)
+            target = np.array(COLOURS[sprite.colour], dtype=np.float32)
+            centres = [np.argwhere(np.abs(f - target).max(-1) < 30).mean(0) for f in ends]  # (y, x)
+            dy, dx = centres[1] - centres[0]
+            moved = ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
+            assert moved == q.answer
+
+
+def test_rendering_is_scale_consistent_through_the_processor():
+    """The shipped samples are 256 px; the model sees them resized to 64 px, as if rendered at 64 px."""
+    from aim_core.random_models import build_llava_onevision_processor, build_tokenizer
+
+    processor = build_llava_onevision_processor(build_tokenizer(), 64, 8).video_processor
+    scene = make_scene(11, 256)
+    picked = frame_indices(256, 16)
+    small = processor(videos=[render(scene, 64, picked)], return_tensors="pt")["pixel_values_videos"]
+    large = processor(videos=[render(scene, 256, picked)], return_tensors="pt")["pixel_values_videos"]
+    assert (small - large).abs().mean() < 0.03
+
+
+def test_rendering_a_long_video_is_fast():
+    scene = make_scene(5, 256)
+    started = time.perf_counter()
+    render(scene, 256)
+    assert time.perf_counter() - started < 4.0  # about 0.8 s alone on the project's 2-core machines
+
+
+def test_shared_prefix_training_forward_matches_the_stock_forward():
+    from synthetic.train_demo_model import STAGES, answer_logits, build, training_batch
+
+    model, processor = build(seed=0)
+    stage = next(s for s in STAGES if s.name == "joint" and max(s.frames) >= 8)
+    batch = training_batch(processor, stage, seed=0, step=3)
+    assert len(set(batch.video_of.tolist())) > 1  # questions about different videos in one batch
+    pad = processor.tokenizer.pad_token_id
+    with torch.no_grad():
+        shared = answer_logits(model, batch)
+        for k in range(0, len(batch.questions), 3):
+            n = int((batch.suffix[k] != pad).sum())
+            video = int(batch.video_of[k])
+            ids = torch.cat([batch.prefix[0], batch.suffix[k, :n]])[None]
+            full = model(input_ids=ids, pixel_values_videos=batch.pixel_values[video : video + 1]).logits[0, -n:]
+            torch.testing.assert_close(shared[k, :n], full, atol=1e-4, rtol=1e-4)
+
+
+def test_target_features_mark_the_shapes_where_they_are():
+    from synthetic.train_demo_model import TargetFeatures, build
+
+    model, processor = build(seed=0)
+    targets = TargetFeatures(model, processor, seed=0)
+    scene = make_scene(11)
+
+    def visible(k: int) -> list:
+        return [s for s in scene.sprites if s.start <= k < s.stop]
+
+    # A frame that shows exactly one shape: the cell under its centre names its colour and shape.
+    t = next(k for k in range(scene.num_frames) if len(visible(k)) == 1)
+    (sprite,) = visible(t)
+    features = targets(scene, np.array([t])).view(4, 4, -1)
+    cx, cy = sprite.centre(t)
+    cell = features[min(int(cy * 4), 3), min(int(cx * 4), 3)]
+    colours = torch.stack([targets.colours[c] for c in COLOURS])
+    shapes = torch.stack([targets.shapes[s] for s in SHAPES])
+    assert list(COLOURS)[int((colours @ cell).argmax())] == sprite.colour
+    assert SHAPES[int((shapes @ cell).argmax())] == sprite.shape
+    empty = next(k for k in range(scene.num_frames) if not visible(k))
+    assert targets(scene, np.array([empty])).abs().max() == 0
+    assert targets.with_newline(scene, np.array([t, empty])).shape == (2 * 16 + 1, model.config.text_config.hidden_size)
+
+
+def test_samples_load_and_list_answerable_questions():
+    samples = json.loads((SAMPLES_DIR / "samples.json").read_text())
+    assert len(samples) >= 3
+    for sample in samples:
+        frames = sample_frames(SAMPLES_DIR / sample["file"], 32)
+        assert frames.frames.shape == (32, 256, 256, 3)
+        by_text = {q.text: q for q in questions(make_scene(sample["seed"], sample["num_frames"]))}
+        for q in sample["questions"]:
+            assert by_text[q["text"]].answer == q["answer"] and q["kind"] in KINDS
+
+
+def test_shipped_model_loads_offline_and_answers_sample_questions(monkeypatch):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    files = list(MODEL_DIR.iterdir())
+    assert sum(f.stat().st_size for f in files) <= 25 * 2**20
+    processor = AutoProcessor.from_pretrained(MODEL_DIR)
+    model = AutoModelForImageTextToText.from_pretrained(MODEL_DIR, dtype=torch.float32).eval()
+    assert type(model).__name__ == "LlavaOnevisionForConditionalGeneration"
+    sample = json.loads((SAMPLES_DIR / "samples.json").read_text())[0]
+    frames = sample_frames(SAMPLES_DIR / sample["file"], 32).frames
+    asked = [q for q in sample["questions"] if q["min_frames"] <= 32][:4]
+    right = [normalise(ask(model, processor, frames, q["text"])) == q["answer"] for q in asked]
+    assert sum(right) >= len(asked) - 1, right
