@@ -94,9 +94,9 @@ def main() -> None:
             rows[f"sample_frames, {backend}"] = [time_sampling(path, size, backend) for size in sizes]
 
     lines = [
-        f"Video: {path.name}, {info.width}x{info.height}, {info.num_frames} frames, {info.duration / 60:.1f} min, "
+        (f"Video: {path.name}, {info.width}x{info.height}, {info.num_frames} frames, {info.duration / 60:.1f} min, "
         f"keyframe every {KEYFRAME_INTERVAL_S} s. Command: `python -m benchmarks.frame_sampling --minutes "
-        f"{args.minutes:g} --fps {args.fps} --height {args.height}`.",
+        f"{args.minutes:g} --fps {args.fps} --height {args.height}`."),
         "",
         "| method | " + " | ".join(f"{size} frames: seconds | speedup" for size in sizes) + " |",
         "|---|" + "---|---|" * len(sizes),

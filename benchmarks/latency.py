@@ -50,7 +50,7 @@ class PeakRSS:
     malloc to serve every allocation over 64 KiB with its own mmap, which is returned on free and shows in RSS.
     """
 
-    def __enter__(self) -> PeakRSS:
+    def __enter__(self) -> PeakRSS:  # noqa: PYI034 (typing.Self needs Python 3.11)
         ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 64 * 1024)
         self.start = self.peak = _rss()
         self._stop = threading.Event()
@@ -117,7 +117,7 @@ def main() -> None:
         size, model_name, out = 378, f"LLaVA-OneVision with a {args.shape}-shaped", RESULTS / "latency.md"
     args.out = args.out or str(out)
     shape = "" if args.family == "qwen2_5_vl" else f" --shape {args.shape}"
-    command = f"--family {args.family}{shape} --frames {args.frames} --dtype {args.dtype}"
+    command = f"--family {args.family}{shape} --frames {args.frames} --repeats {args.repeats} --dtype {args.dtype}"
     qa = VideoQA.from_model(model.to(args.device), processor)
     frames = np.random.default_rng(0).integers(0, 256, (args.frames, size, size, 3), dtype=np.uint8)
     settings = [Setting("no reduction", AIMConfig.none()), Setting("AIM default", AIMConfig()),
@@ -144,12 +144,12 @@ def main() -> None:
     base_prefill = median("no reduction", lambda s: s.prefill_seconds)
     memory_label = "peak GPU memory" if args.device.startswith("cuda") else "peak extra RSS"
     lines = [
-        f"Device: {device_name}. Model: {model_name} language model (random weights, {args.dtype}), "
+        (f"Device: {device_name}. Model: {model_name} language model (random weights, {args.dtype}), "
         f"{args.frames} frames, {visual} visual tokens, {args.new_tokens} new tokens, median of "
-        f"{args.repeats} interleaved runs. Command: `python -m benchmarks.latency {command}`.",
+        f"{args.repeats} interleaved runs. Command: `python -m benchmarks.latency {command}`."),
         "",
-        f"| setting | visual tokens to LLM | prefill TFLOPs | FLOPs cut | prefill s | prefill speedup | "
-        f"merge + scoring / prefill | KV cache MB | {memory_label} MB | memory saved | decode tokens/s |",
+        (f"| setting | visual tokens to LLM | prefill TFLOPs | FLOPs cut | prefill s | prefill speedup | "
+        f"merge + scoring / prefill | KV cache MB | {memory_label} MB | memory saved | decode tokens/s |"),
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for setting in settings:
@@ -157,11 +157,14 @@ def main() -> None:
         prefill = median(setting.name, lambda s: s.prefill_seconds)
         overhead = median(setting.name, lambda s: (s.merge_seconds + s.scoring_seconds) / s.prefill_seconds)
         decode = median(setting.name, lambda s: s.decode_tokens_per_second)
+        # Below a megabyte the measurement is noise, and a ratio against it means nothing.
+        used = memory[setting.name]
+        saved = f"{memory['no reduction'] / used:.2f}x" if used >= 2**20 else "n/a (< 1 MB)"
         lines.append(
             f"| {setting.name} | {stats.visual_tokens_after_merge} | {stats.flops / 1e12:.2f} | "
             f"{stats.flops_reduction:.2f}x | {prefill:.3f} | {base_prefill / prefill:.2f}x | {100 * overhead:.2f}% | "
-            f"{stats.kv_cache_bytes / 2**20:.1f} | {memory[setting.name] / 2**20:.0f} | "
-            f"{memory['no reduction'] / memory[setting.name]:.2f}x | {decode:.1f} |"
+            f"{stats.kv_cache_bytes / 2**20:.1f} | {used / 2**20:.0f} | "
+            f"{saved} | {decode:.1f} |"
         )
     table = "\n".join(lines)
     print()

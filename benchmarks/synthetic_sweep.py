@@ -68,9 +68,11 @@ def least_reduction(qa: VideoQA, method: Method, budget: float, num_frames: int)
     return method.setting(high)
 
 
-def most_frames_within(qa: VideoQA, budget: float, num_frames: int) -> int:
-    """Uniform frame subsampling: the most frames whose unreduced prefill fits `budget`."""
-    return max(f for f in range(1, num_frames + 1) if fraction(qa, AIMConfig.none(), f, num_frames) <= budget)
+def most_frames_within(qa: VideoQA, budget: float, num_frames: int) -> int | None:
+    """Uniform frame subsampling: the most frames whose unreduced prefill fits `budget`; None if not even one does
+    (the prompt's text costs something too)."""
+    fitting = [f for f in range(1, num_frames + 1) if fraction(qa, AIMConfig.none(), f, num_frames) <= budget]
+    return max(fitting, default=None)
 
 
 def cell(result: Result | None, baseline: Result) -> str:
@@ -104,6 +106,10 @@ def main() -> None:
     subsampled = []
     for budget in BUDGETS:
         frames = most_frames_within(qa, budget, args.frames)
+        if frames is None:
+            subsampled.append(None)
+            print(f"frame subsampling at {budget:.0%}: cannot reach", flush=True)
+            continue
         fewer = held_out_videos(args.n, args.seed, frames, size, answerable_from=args.frames)
         result = evaluate(qa, fewer, AIMConfig.none())
         result.flops_baseline = baseline.flops_baseline
@@ -116,15 +122,15 @@ def main() -> None:
     long_video = long_video_point(qa, args, size)
 
     lines = [
-        f"Demo model (`{Path(args.model).name}`), {baseline.n} held-out test questions (seed {args.seed}), "
+        (f"Demo model (`{Path(args.model).name}`), {baseline.n} held-out test questions (seed {args.seed}), "
         f"{args.frames} frames; exact-match accuracy, and in brackets the prefill FLOPs used against no reduction. "
         f"Command: `python -m benchmarks.synthetic_sweep --n {args.n} --seed {args.seed} --frames {args.frames}` "
-        f"({(time.perf_counter() - started) / 60:.0f} min on {qa.model.device}).",
+        f"({(time.perf_counter() - started) / 60:.0f} min on {qa.model.device})."),
         "",
-        f"No reduction: **{100 * baseline.accuracy:.1f}%**. AIM's default (`AIMConfig()`): "
+        (f"No reduction: **{100 * baseline.accuracy:.1f}%**. AIM's default (`AIMConfig()`): "
         f"**{100 * default.accuracy:.1f}%** ({100 * default.accuracy / max(baseline.accuracy, 1e-9):.1f}% of no "
         f"reduction's accuracy) at {baseline.flops / default.flops:.2f}x fewer FLOPs; with PageRank importance "
-        f"{100 * pagerank.accuracy:.1f}%.",
+        f"{100 * pagerank.accuracy:.1f}%."),
         "",
         "| method | " + " | ".join(f"budget {b:.0%}" for b in BUDGETS) + " |",
         "|---|" + "---|" * len(BUDGETS),
