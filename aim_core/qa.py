@@ -341,13 +341,17 @@ class AnswerStream:
         worker = threading.Thread(target=generate, daemon=True)
         worker.start()
         first_token_at = None
+        streamed_to_the_end = False
         try:
             for piece in streamer:
                 first_token_at = first_token_at or time.perf_counter()
                 self.text += piece
                 yield piece
+            streamed_to_the_end = True
         finally:
-            if worker.is_alive():  # the consumer stopped early: stop generating too
+            # The consumer stopped early: stop generating too. (At the stream's end the worker may still be returning
+            # from generate, which is no reason to call the answer cancelled.)
+            if not streamed_to_the_end:
                 self._cancelled.set()
             worker.join()
         if "error" in outcome:
