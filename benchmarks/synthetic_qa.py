@@ -23,8 +23,8 @@ import numpy as np
 from aim_core import AIMConfig, SampledFrames, VideoQA
 from aim_core.config import TokenReduction
 from aim_core.video import frame_indices
-from synthetic.evaluate import normalise
-from synthetic.scenes import KINDS, Question, make_scene, pick, questions, render, split_seeds
+from synthetic.evaluate import held_out_questions, normalise
+from synthetic.scenes import KINDS, Question, render
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "demo-model"
 VIDEO_FPS = 16.0  # the rate the shipped sample videos play at (synthetic/make_samples.py)
@@ -61,25 +61,12 @@ def held_out_videos(n: int, seed: int, num_frames: int, size: int, answerable_fr
     from that many (questions about short events); so two calls that differ only in `num_frames` ask the same
     questions about the same videos seen through more or fewer frames.
     """
-    answerable_from = answerable_from or num_frames
-    quota = -(-n // len(KINDS))
-    asked: dict[str, int] = defaultdict(int)
     videos = []
-    for video_seed in split_seeds("test", len(KINDS) * quota * 50, offset=seed):
-        if all(asked[kind] >= quota for kind in KINDS):
-            break
-        scene = make_scene(video_seed)
-        wanted = tuple(kind for kind in KINDS if asked[kind] < quota)
-        fitting = [q for q in questions(scene) if not_from < q.min_frames <= answerable_from]
-        chosen = list(pick(fitting, np.random.default_rng(video_seed), 1, wanted))
-        if not chosen:
-            continue
-        for question in chosen:
-            asked[question.kind] += 1
+    for scene, asked in held_out_questions(n, seed, answerable_from or num_frames, not_from):
         indices = frame_indices(scene.num_frames, num_frames)
         frames = SampledFrames(render(scene, size, indices), indices / VIDEO_FPS, VIDEO_FPS,
                                scene.num_frames / VIDEO_FPS, None, "array")
-        videos.append(Video(frames, chosen))
+        videos.append(Video(frames, asked))
     return videos
 
 

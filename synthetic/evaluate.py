@@ -14,7 +14,7 @@ import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
 from aim_core.video import frame_indices
-from synthetic.scenes import KINDS, Question, make_scene, pick, questions, render, split_seeds
+from synthetic.scenes import KINDS, Question, Scene, make_scene, pick, questions, render, split_seeds
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,32 @@ def ask(model: PreTrainedModel, processor: ProcessorMixin, frames: np.ndarray, q
     return processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
+def held_out_questions(
+    n: int, seed: int, answerable_from: int, not_from: int = 0, split: str = "test"
+) -> list[tuple[Scene, list[Question]]]:
+    """About `n` questions of `split`, the same number of each kind, with the scenes they are about.
+
+    Videos are the seeds of `split` from offset `seed` on, with one question of each kind per video while that kind
+    still needs questions, drawn with answers balanced (`scenes.pick`). Questions are those answerable from
+    `answerable_from` uniformly sampled frames and, with `not_from`, not from that many (questions about short events).
+    """
+    quota = math.ceil(n / len(KINDS))
+    asked = dict.fromkeys(KINDS, 0)
+    chosen: list[tuple[Scene, list[Question]]] = []
+    for video_seed in split_seeds(split, len(KINDS) * quota * 50, offset=seed):
+        if all(count >= quota for count in asked.values()):
+            break
+        scene = make_scene(video_seed)
+        wanted = tuple(kind for kind in KINDS if asked[kind] < quota)
+        fitting = [q for q in questions(scene) if not_from < q.min_frames <= answerable_from]
+        about_scene = list(pick(fitting, np.random.default_rng(video_seed), 1, wanted))
+        if about_scene:
+            for question in about_scene:
+                asked[question.kind] += 1
+            chosen.append((scene, about_scene))
+    return chosen
+
+
 def evaluate(
     model: PreTrainedModel,
     processor: ProcessorMixin,
@@ -52,22 +78,11 @@ def evaluate(
     split: str = "test",
     size: int | None = None,
 ) -> Report:
-    """Accuracy on about `n` questions (the same number of each kind) answerable from `num_frames` frames.
-
-    Videos are the seeds of `split` from offset `seed` on, rendered at `size` px (default: the processor's input
-    size; the processor resizes any other size), with one question of each kind per video while that kind still
-    needs questions, drawn with answers balanced (`scenes.pick`).
-    """
+    """Accuracy on the `held_out_questions` answerable from `num_frames` frames, each video rendered at `size` px
+    (default: the processor's input size; the processor resizes any other size)."""
     size = size or processor.video_processor.size["height"]
-    quota = math.ceil(n / len(KINDS))
     hits: dict[str, list[bool]] = {kind: [] for kind in KINDS}
-    for video_seed in split_seeds(split, len(KINDS) * quota * 50, offset=seed):
-        if all(len(h) >= quota for h in hits.values()):
-            break
-        scene = make_scene(video_seed)
-        wanted = tuple(kind for kind in KINDS if len(hits[kind]) < quota)
-        fitting = [q for q in questions(scene) if q.min_frames <= num_frames]
-        asked: list[Question] = list(pick(fitting, np.random.default_rng(video_seed), 1, wanted))
+    for scene, asked in held_out_questions(n, seed, num_frames, split=split):
         frames = render(scene, size, frame_indices(scene.num_frames, num_frames))
         for question in asked:
             hits[question.kind].append(normalise(ask(model, processor, frames, question.text)) == question.answer)

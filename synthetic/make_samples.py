@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from aim_core.video import write_video
-from synthetic.scenes import Scene, make_scene, pick, questions, render, split_seeds
+from synthetic.scenes import Question, make_scene, pick, questions, render, split_seeds
 
 NUM_SAMPLES = 4
 NUM_FRAMES, SIZE, FPS = 256, 256, 16
@@ -25,8 +25,8 @@ NUM_FRAMES, SIZE, FPS = 256, 256, 16
 SEED_OFFSET = 50_000_000
 
 
-def has_brief_question(scene: Scene) -> bool:
-    return any(q.min_frames == 128 and q.kind in ("exists", "which") for q in questions(scene))
+def has_brief_question(every: list[Question]) -> bool:
+    return any(q.min_frames == 128 and q.kind in ("exists", "which") for q in every)
 
 
 def main() -> None:
@@ -41,9 +41,9 @@ def main() -> None:
         if len(samples) == NUM_SAMPLES:
             break
         scene = make_scene(seed, NUM_FRAMES)
-        if not has_brief_question(scene):
-            continue
         every = questions(scene)
+        if not has_brief_question(every):
+            continue
         suggested = list(pick([q for q in every if q.min_frames <= 32], np.random.default_rng(seed), 1))
         brief = [q for q in every if q.min_frames > 32 and q.kind in ("exists", "which", "count")]
         name = f"sample-{len(samples) + 1}.mp4"
