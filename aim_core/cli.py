@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from .config import DEFAULT_EFFICIENCY, AIMConfig
@@ -25,6 +25,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "the paper's setting)")
     parser.add_argument("--importance", choices=("text", "pagerank"), default="text",
                         help="how visual tokens are ranked when pruning")
+    parser.add_argument("--prune-to-last-layer", action="store_true",
+                        help="keep some visual tokens down to the last layer instead of none from about 3/4 of the "
+                             "depth on (better for shallow models, e.g. the demo model)")
     parser.add_argument("--frames", type=int, default=32, help="frames sampled uniformly from the video")
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="hub id or local folder (default: the demo model)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -43,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = AIMConfig.from_efficiency(args.efficiency, importance=args.importance)
+        if args.prune_to_last_layer:
+            config = replace(config, prune_end=1.0)
         qa = VideoQA.from_pretrained(args.model)
         stream = qa.stream(args.video, args.question, config=config, num_frames=args.frames,
                            max_new_tokens=args.max_new_tokens)

@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="offset into the test split's seeds")
     parser.add_argument("--n", type=int, default=500, help="questions (spread evenly over the kinds)")
     parser.add_argument("--efficiency", default="default", help="a number in [0, 1], or 'default'")
-    parser.add_argument("--importance", choices=("text", "pagerank"), default="text")
+    parser.add_argument("--importance", choices=("text", "pagerank", "last"), default="text")
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--model", default=str(DEFAULT_MODEL))
     parser.add_argument("--json", action="store_true")

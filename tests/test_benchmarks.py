@@ -1,0 +1,43 @@
+"""The accuracy sweep compares methods at equal FLOPs: each method's chosen setting must fit the budget it is
+compared at, and cost must fall as a method's knob turns (the bisection relies on it)."""
+
+from pathlib import Path
+
+import pytest
+
+from aim_core import AIMConfig, VideoQA
+from benchmarks.synthetic_sweep import BUDGETS, METHODS, fraction, least_reduction
+
+MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo-model"
+FRAMES = 32
+
+
+@pytest.fixture(scope="module")
+def demo_qa() -> VideoQA:
+    return VideoQA.from_pretrained(str(MODEL_DIR))
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)
+def test_each_method_costs_less_as_its_knob_turns(demo_qa: VideoQA, method) -> None:
+    costs = [fraction(demo_qa, method.setting(knob / 10), FRAMES, FRAMES) for knob in range(11)]
+    assert costs[0] == pytest.approx(1.0, abs=0.02)  # knob 0 is (about) no reduction
+    assert all(later <= earlier + 1e-9 for earlier, later in zip(costs, costs[1:]))
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)
+def test_the_setting_chosen_for_a_budget_fits_it_and_reduces_no_more_than_needed(demo_qa: VideoQA, method) -> None:
+    for budget in BUDGETS:
+        setting = least_reduction(demo_qa, method, budget, FRAMES)
+        if setting is None:  # the method cannot get this cheap: even its strongest setting costs more
+            assert fraction(demo_qa, method.setting(1.0), FRAMES, FRAMES) > budget
+            continue
+        assert fraction(demo_qa, setting, FRAMES, FRAMES) <= budget
+        assert fraction(demo_qa, setting, FRAMES, FRAMES) > 0.5 * budget
+
+
+def test_pruning_until_the_last_layer_keeps_visual_tokens_in_every_layer_but_the_last() -> None:
+    (to_last,) = [m for m in METHODS if m.name == "AIM, pruning until the last layer"]
+    counts = to_last.setting(0.75).visual_keep_counts(8, 128)
+    assert counts == AIMConfig(prune_end=1.0).visual_keep_counts(8, 128)
+    assert all(count > 0 for count in counts[:-1]) and counts[-1] == 0
+    assert AIMConfig().visual_keep_counts(8, 128)[5:] == [0, 0, 0]  # the paper's schedule, on 8 layers
