@@ -129,7 +129,8 @@ def _interpolate(anchors: tuple[tuple[float, ...], ...], x: float, field: int) -
 
 
 def pruning_layers(num_layers: int, prune_start: float, prune_end: float) -> tuple[int, int] | None:
-    """The layers `(l1, l2)` of the schedule: visual tokens start to go at `l1` and are all gone from `l2` on.
+    """The layers `(l1, l2)` of the schedule: visual tokens start to go at `l1`, and r(l2 - 1) = 0 already (see
+    `visual_keep_counts`), so they are all gone from `l2 - 1` on.
 
     `None` when nothing is pruned within the model's depth. Layer 0 never prunes: decoding takes the position of
     each new token from layer 0's cache, which must hold the whole prompt.
@@ -150,7 +151,7 @@ def visual_keep_counts(num_layers: int, num_visual: int, prune_start: float, pru
     """Visual tokens each decoder layer processes at prefill under the progressive schedule.
 
     Before `l1` all are kept; from `l1` on the kept fraction falls linearly, r(l) = max(0, 1 - (l - l1 + 1) /
-    (l2 - l1)), so none is left from `l2` on. Counts never increase with depth (the kept sets are nested).
+    (l2 - l1)), so none is left from `l2 - 1` on. Counts never increase with depth (the kept sets are nested).
     """
     layers = pruning_layers(num_layers, prune_start, prune_end)
     if layers is None:

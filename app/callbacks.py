@@ -86,11 +86,11 @@ class Callbacks:
                                                       info.num_frames))
 
     def preview(self, efficiency: float, num_frames: float, info: VideoInfo | None, question: str | None,
-                measured: Measured | None) -> tuple[str, go.Figure | Any]:
+                measured: Measured | None, to_last_layer: bool) -> tuple[str, go.Figure | Any]:
         """The live prediction for the sliders (no model run): the card and the tokens-per-layer plot."""
         try:
-            estimate = self.runner.predict(efficiency, num_frames, info, question)
-            config = config_for(efficiency)
+            estimate = self.runner.predict(efficiency, num_frames, info, question, to_last_layer)
+            config = config_for(efficiency, to_last_layer)
         except AIMError as error:
             return report.note(str(error), bad=True), gr.skip()
         layers = len(estimate.tokens_per_layer)
@@ -101,11 +101,12 @@ class Callbacks:
         return report.prediction(estimate, config, layers), figure
 
     def ask(self, video: str | None, question: str | None, efficiency: float, num_frames: float, compare: bool,
-            history: History, request: gr.Request, progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
+            history: History, to_last_layer: bool, request: gr.Request,
+            progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
         """Answer in the UI: stream the text, then (optionally) the no-reduction answer, then stats and pictures."""
         try:
             question = check_question(question)
-            config = config_for(efficiency)
+            config = config_for(efficiency, to_last_layer)
             prepared = self.runner.prepare(video, num_frames, lambda done, text: progress(done, desc=text))
             compare = compare and config != AIMConfig.none()
             progress(0.3, desc=f"Vision tower on {len(prepared.frames)} frames (skipped if cached), then the LLM")
@@ -122,7 +123,7 @@ class Callbacks:
                 if not stock.cancelled:
                     history.add(RunPoint.of(key, 0.0, stock))
                     status += report.comparison(answer.stats, answer.text, stock.stats, stock.text)
-            yield self._finished(answer, float(efficiency), key, history, status).values()
+            yield self._finished(answer, float(efficiency), key, history, status, to_last_layer).values()
         except AIMError as error:
             # A toast, and the message kept in the status line; not gr.Error, which would mark every output failed.
             gr.Warning(str(error), title="Cannot answer")
@@ -177,11 +178,13 @@ class Callbacks:
                 first = {}
         return stream.answer
 
-    def _finished(self, answer: Answer, efficiency: float, key: RunKey, history: History, status: str) -> AskOutputs:
+    def _finished(self, answer: Answer, efficiency: float, key: RunKey, history: History, status: str,
+                  to_last_layer: bool) -> AskOutputs:
         stats = answer.stats
         pictures = Pictures.of(answer.trace)
         layer = pictures.first_pruned_layer()
-        label = f"efficiency {efficiency:.2f}, {stats.num_frames} frames"
+        schedule = ", pruning until the last layer" if to_last_layer else ""
+        label = f"efficiency {efficiency:.2f}{schedule}, {stats.num_frames} frames"
         no_reduction = [stats.visual_tokens_before_merge + stats.text_tokens] * len(stats.tokens_per_layer)
         return AskOutputs(
             answer=answer.text,

@@ -32,7 +32,7 @@ def prediction(estimate: CostEstimate, config: AIMConfig, num_layers: int) -> st
         plan = "No reduction: the stock model."
     else:
         layers = pruning_layers(num_layers, config.prune_start, config.prune_end)
-        pruning = f"pruned from layer {layers[0]}, none left from layer {layers[1]}" if layers else "no pruning"
+        pruning = f"pruned from layer {layers[0]}, none left from layer {layers[1] - 1}" if layers else "no pruning"
         plan = f"Merging keeps {config.merge_keep:.0%} of each frame's tokens; {pruning} of {num_layers}."
     return (
         '<div class="aim-prediction"><div class="aim-prediction-title">Predicted for this setting</div>'

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -91,9 +91,12 @@ def check_frames(num_frames: float, limits: Limits) -> int:
     return int(num_frames)
 
 
-def config_for(efficiency: float | None) -> AIMConfig:
-    """The AIM setting of the efficiency slider (SettingsError outside [0, 1])."""
-    return AIMConfig.from_efficiency(efficiency)
+def config_for(efficiency: float | None, to_last_layer: bool = False) -> AIMConfig:
+    """The AIM setting of the efficiency slider (SettingsError outside [0, 1]). With `to_last_layer`, pruning keeps
+    some visual tokens down to the last layer instead of none from about 3/4 of the depth on: shallow models, like
+    the demo model, still read the video there."""
+    config = AIMConfig.from_efficiency(efficiency)
+    return replace(config, prune_end=1.0) if to_last_layer else config
 
 
 class Runner:
@@ -110,13 +113,14 @@ class Runner:
         self._running: dict[str, AnswerStream] = {}
         self._running_lock = threading.Lock()
 
-    def predict(self, efficiency: float, num_frames: float, info: VideoInfo | None,
-                question: str | None) -> CostEstimate:
+    def predict(self, efficiency: float, num_frames: float, info: VideoInfo | None, question: str | None,
+                to_last_layer: bool = False) -> CostEstimate:
         """The cost of a setting before anything runs (no model call): what the slider previews."""
         frames = check_frames(num_frames, self.limits)
         frame_size = (info.height, info.width) if info else DEFAULT_FRAME_SIZE
-        return self.registry.qa.estimate(config_for(efficiency), min(frames, info.num_frames) if info else frames,
-                                         frame_size, (question or "").strip() or PREVIEW_QUESTION)
+        return self.registry.qa.estimate(config_for(efficiency, to_last_layer),
+                                         min(frames, info.num_frames) if info else frames, frame_size,
+                                         (question or "").strip() or PREVIEW_QUESTION)
 
     def prepare(self, path: str | None, num_frames: float, progress: Progress) -> PreparedVideo:
         """Check the video and decode its frames (the engine keeps them for the next question on this video)."""

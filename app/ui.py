@@ -1,6 +1,7 @@
 """The page: layout, styles and event wiring. What the events do is in callbacks.py.
 
-Element ids, for tests and users' own automation: video, question, frames, efficiency, prediction, compare, ask,
+Element ids, for tests and users' own automation: video, question, frames, efficiency, to-last-layer, prediction,
+compare, ask,
 stop, answer, baseline-answer, status, stats-cards, stats (raw JSON), clusters, layer, kept, layers, tradeoff,
 model, load-model. Only the `answer` event is a public API endpoint; the UI's own events are private.
 """
@@ -82,6 +83,10 @@ def build_app(runner: Runner) -> gr.Blocks:
                 efficiency = gr.Slider(0, 1, value=DEFAULT_EFFICIENCY, step=0.05, label="Efficiency",
                                        info="0 = the stock model · 0.75 = the paper's setting · 1 = most aggressive",
                                        elem_id="efficiency")
+                to_last_layer = gr.Checkbox(label="Prune until the last layer", elem_id="to-last-layer",
+                                            info="Keep some visual tokens down to the LLM's last layer instead of "
+                                                 "none from 3/4 of its depth on: a little more cost, better answers "
+                                                 "from shallow models such as the demo model.")
                 prediction = gr.HTML(elem_id="prediction")
                 compare = gr.Checkbox(label="Compare with no reduction", elem_id="compare",
                                       info="Also runs the stock model: both answers side by side, with the speedup. "
@@ -134,16 +139,17 @@ def build_app(runner: Runner) -> gr.Blocks:
             "pictures": pictures, "measured": measured,
         }
         private = {"api_visibility": "private"}
-        preview = {"fn": callbacks.preview, "inputs": [efficiency, frames, video_info, question, measured],
+        preview = {"fn": callbacks.preview,
+                   "inputs": [efficiency, frames, video_info, question, measured, to_last_layer],
                    "outputs": [prediction, layers_plot], "queue": False, "show_progress": "hidden", **private}
 
         demo.load(callbacks.page_loaded, None, [header, model], queue=False, **private).then(**preview)
         video.change(callbacks.video_changed, [video], [video_info, video_note], queue=False, **private).then(
             **preview)
-        for slider in (efficiency, frames):
-            slider.change(trigger_mode="always_last", **preview)
+        for setting in (efficiency, frames, to_last_layer):
+            setting.change(trigger_mode="always_last", **preview)
 
-        asking = {"fn": callbacks.ask, "inputs": [video, question, efficiency, frames, compare, history],
+        asking = {"fn": callbacks.ask, "inputs": [video, question, efficiency, frames, compare, history, to_last_layer],
                   "outputs": [ask_outputs[name] for name in AskOutputs.names()], "concurrency_id": MODEL_RUNS,
                   "show_progress_on": [answer], **private}
         runs = [ask.click(**asking), question.submit(**asking)]

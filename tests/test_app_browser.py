@@ -14,7 +14,8 @@ from urllib.parse import urlparse
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from aim_core import AIMConfig, VideoQA, probe_video
+from aim_core import VideoQA, probe_video
+from app.session import config_for
 from app.testing import running_app, write_test_video
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -66,12 +67,15 @@ def test_a_visit_from_upload_to_pictures(tiny_llava_dir, tmp_path):
         predicted = running.runner.predict(0.6, 32, probe_video(video), None)
         expect(page.locator("#prediction")).to_contain_text(
             f"{predicted.visual_before_merge:,} → {predicted.visual_after_merge:,} visual tokens")
+        page.locator("#to-last-layer input").check()
+        layers = len(predicted.tokens_per_layer)
+        expect(page.locator("#prediction")).to_contain_text(f"none left from layer {layers - 1} of {layers}")
         page.locator("#compare input").check()
         page.locator("#ask").click()
 
         expect(page.locator("#status")).to_contain_text("faster prefill", timeout=RUN_TIMEOUT_MS)
-        expected = VideoQA.from_pretrained(tiny_llava_dir).answer(str(video), QUESTION, AIMConfig.from_efficiency(0.6),
-                                                             num_frames=32, max_new_tokens=64)
+        expected = VideoQA.from_pretrained(tiny_llava_dir).answer(str(video), QUESTION, config_for(0.6, True),
+                                                                  num_frames=32, max_new_tokens=64)
         expect(page.locator("#answer textarea")).to_have_value(expected.text)
         expect(page.locator("#stats-cards")).to_contain_text(
             f"{expected.stats.visual_tokens_before_merge:,} → {expected.stats.visual_tokens_after_merge:,}")

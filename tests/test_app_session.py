@@ -18,7 +18,7 @@ from app.history import History, RunKey, RunPoint, same_answer
 from app.models import DEMO_MODEL, RANDOM_MODEL, ModelChoice, ModelRegistry
 from app.pictures import Pictures
 from app.plots import tokens_per_layer_figure, tradeoff_figure
-from app.session import Limits, Runner, check_question, check_video
+from app.session import Limits, Runner, check_question, check_video, config_for
 from app.testing import write_test_video
 
 QUESTION = "Which colour appears first?"
@@ -47,6 +47,23 @@ def test_the_prediction_is_the_engines_estimate_for_the_videos_size_and_frames(r
     # The video has only 24 frames, so asking for 32 gives 24.
     assert estimate == runner.registry.qa.estimate(AIMConfig.from_efficiency(0.6), 24, (48, 64), QUESTION)
     assert estimate.visual_after_merge < estimate.visual_before_merge == 24 * 16 + 1
+
+
+def test_pruning_until_the_last_layer_is_predicted_and_run_as_predicted(runner, video):
+    info = probe_video(video)
+    paper = runner.predict(0.75, 32, info, QUESTION)
+    to_last = runner.predict(0.75, 32, info, QUESTION, to_last_layer=True)
+    assert config_for(0.75, to_last_layer=True) == AIMConfig(prune_end=1.0)
+    assert to_last == runner.registry.qa.estimate(AIMConfig(prune_end=1.0), 24, (48, 64), QUESTION)
+    # Visual tokens stay until the last layer: more of them in the deep layers, so a little more cost.
+    assert to_last.tokens_per_layer[-2] > paper.tokens_per_layer[-2]
+    assert to_last.tokens_per_layer[-1] == paper.tokens_per_layer[-1]
+    assert to_last.flops > paper.flops
+    prepared = runner.prepare(video, 32, no_progress)
+    stream = runner.stream(prepared, QUESTION, config_for(0.75, to_last_layer=True))
+    for _ in stream:
+        pass
+    assert stream.answer.stats.tokens_per_layer == to_last.tokens_per_layer
 
 
 def test_limits_are_checked_with_messages_that_say_what_to_do(runner, video, tmp_path):
