@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 from .config import DEFAULT_EFFICIENCY, AIMConfig
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = AIMConfig.from_efficiency(args.efficiency, importance=args.importance)
         if args.prune_to_last_layer:
-            config = replace(config, prune_end=1.0)
+            config = config.pruning_until_last_layer()
         qa = VideoQA.from_pretrained(args.model)
         stream = qa.stream(args.video, args.question, config=config, num_frames=args.frames,
                            max_new_tokens=args.max_new_tokens)

@@ -109,6 +109,11 @@ class AIMConfig:
     def with_importance(self, importance: Importance) -> AIMConfig:
         return replace(self, importance=importance)
 
+    def pruning_until_last_layer(self) -> AIMConfig:
+        """The same setting with some visual tokens kept down to the last layer, instead of none from `prune_end`
+        of the depth on: shallow models (like the demo model) still read the video in their last layers."""
+        return replace(self, prune_end=1.0)
+
 
 # (efficiency, merge_keep, prune_start, prune_end); the paper's default sits at 0.75.
 EFFICIENCY_ANCHORS: tuple[tuple[float, float, float, float], ...] = (

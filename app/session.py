@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -96,7 +96,7 @@ def config_for(efficiency: float | None, to_last_layer: bool = False) -> AIMConf
     some visual tokens down to the last layer instead of none from about 3/4 of the depth on: shallow models, like
     the demo model, still read the video there."""
     config = AIMConfig.from_efficiency(efficiency)
-    return replace(config, prune_end=1.0) if to_last_layer else config
+    return config.pruning_until_last_layer() if to_last_layer else config
 
 
 class Runner:

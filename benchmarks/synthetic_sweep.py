@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -43,7 +43,8 @@ METHODS = (
     Method("AIM (merge + prune)", lambda knob: AIMConfig.from_efficiency(knob)),
     # The paper's schedule leaves no visual token from about 3/4 of the depth on; a shallow model may still read the
     # video there, so the same knob with some visual tokens kept down to the last layer.
-    Method("AIM, pruning until the last layer", lambda knob: replace(AIMConfig.from_efficiency(knob), prune_end=1.0)),
+    Method("AIM, pruning until the last layer",
+           lambda knob: AIMConfig.from_efficiency(knob).pruning_until_last_layer()),
     Method("merge only", lambda knob: AIMConfig(merge_keep=max(1 - knob, 0.01), prune_start=1.0, prune_end=1.0)),
     Method("prune only", lambda knob: AIMConfig(merge_keep=1.0, prune_start=max(1 - knob, 0.01),
                                                 prune_end=min(1.0, max(1 - knob, 0.01) + 0.3))),
@@ -122,7 +123,7 @@ def main() -> None:
 
     default = evaluate(qa, videos, AIMConfig())
     pagerank = evaluate(qa, videos, AIMConfig(importance="pagerank"))
-    to_last = evaluate(qa, videos, AIMConfig(prune_end=1.0))
+    to_last = evaluate(qa, videos, AIMConfig().pruning_until_last_layer())
     long_video = long_video_point(qa, args, size)
 
     lines = [
