@@ -5,7 +5,6 @@ from __future__ import annotations
 from html import escape
 
 from aim_core import AIMConfig, CostEstimate, Stats
-from aim_core.config import pruning_layers
 
 from .history import same_answer
 from .models import ModelChoice
@@ -28,11 +27,17 @@ def header(model: ModelChoice) -> str:
 
 def prediction(estimate: CostEstimate, config: AIMConfig, num_layers: int) -> str:
     """What the slider's setting will cost, before anything runs."""
-    if not config.merges and not config.prunes(num_layers):
+    # Read from the estimate's own per-layer counts, so the card says what will run.
+    visual = [count - estimate.text_tokens for count in estimate.tokens_per_layer]
+    pruned = [layer for layer, count in enumerate(visual) if count < estimate.visual_after_merge]
+    empty = [layer for layer, count in enumerate(visual) if count == 0]
+    if not config.merges and not pruned:
         plan = "No reduction: the stock model."
     else:
-        layers = pruning_layers(num_layers, config.prune_start, config.prune_end)
-        pruning = f"pruned from layer {layers[0]}, none left from layer {layers[1] - 1}" if layers else "no pruning"
+        pruning = "no pruning"
+        if pruned:
+            gone = f"none left from layer {empty[0]}" if empty else "some kept to the last layer"
+            pruning = f"pruned from layer {pruned[0]}, {gone}"
         plan = f"Merging keeps {config.merge_keep:.0%} of each frame's tokens; {pruning} of {num_layers}."
     return (
         '<div class="aim-prediction"><div class="aim-prediction-title">Predicted for this setting</div>'
