@@ -1,9 +1,8 @@
 """The page: layout, styles and event wiring. What the events do is in callbacks.py.
 
 Element ids, for tests and users' own automation: video, question, frames, efficiency, to-last-layer, prediction,
-compare, ask,
-stop, answer, baseline-answer, status, stats-cards, stats (raw JSON), clusters, layer, kept, layers, tradeoff,
-model, load-model. Only the `answer` event is a public API endpoint; the UI's own events are private.
+compare, ask, stop, answer, baseline-answer, status, stats-cards, stats (raw JSON), clusters, layer, kept, layers,
+tradeoff, model, load-model. Only the `answer` event is a public API endpoint; the UI's own events are private.
 """
 
 from __future__ import annotations

@@ -41,14 +41,15 @@ def test_json_answer_matches_the_python_api(tiny_llava_dir, video_path):
 
 
 def test_pruning_to_the_last_layer_keeps_visual_tokens_longer(tiny_llava_dir, video_path):
-    def tokens_per_layer(*flags: str) -> list[int]:
+    def prune_end_and_tokens_per_layer(*flags: str) -> tuple[float, list[int]]:
         result = run_cli(str(video_path), "What happens?", "--model", str(tiny_llava_dir), "--frames", "4",
                          "--max-new-tokens", "2", "--json", *flags)
         assert result.returncode == 0, result.stderr
         printed = json.loads(result.stdout.strip().splitlines()[-1])
         return printed["config"]["prune_end"], printed["stats"]["tokens_per_layer"]
 
-    (paper_end, paper), (last_end, to_last) = tokens_per_layer(), tokens_per_layer("--prune-to-last-layer")
+    (paper_end, paper) = prune_end_and_tokens_per_layer()
+    (last_end, to_last) = prune_end_and_tokens_per_layer("--prune-to-last-layer")
     assert (paper_end, last_end) == (AIMConfig().prune_end, 1.0)
     assert all(longer >= shorter for longer, shorter in zip(to_last, paper)) and to_last != paper
     assert to_last[-1] == paper[-1]  # no visual token in the last layer either way: only text is left
