@@ -87,8 +87,8 @@ STAGES = (
     Stage("vision", 1500, 1e-3, videos=64, minutes=8),
     Stage("language", 900, 2e-3, frames=(1, 2), videos=12, minutes=5),
     Stage("language", 1200, 2e-3, frames=(2, 4, 8), videos=8, minutes=10),
-    Stage("language", 1200, 1e-3, frames=(8, 16, 32), videos=4, minutes=15),
-    Stage("joint", 600, 3e-4, frames=(8, 16, 32), videos=4, minutes=14),
+    Stage("language", 1800, 1e-3, frames=(8, 16, 32), videos=4, minutes=20),
+    Stage("joint", 1000, 3e-4, frames=(8, 16, 32), videos=4, minutes=14),
 )
 QUESTIONS_PER_KIND = 2  # per video; the questions share the video's prefix, so more of them cost little
 
