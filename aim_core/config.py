@@ -91,9 +91,6 @@ class AIMConfig:
     def merges(self) -> bool:
         return self.merge_keep < 1.0
 
-    def prunes(self, num_layers: int) -> bool:
-        return pruning_layers(num_layers, self.prune_start, self.prune_end) is not None
-
     @property
     def frame_reduction_key(self) -> Hashable:
         return ("merge", self.merge_keep)

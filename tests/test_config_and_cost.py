@@ -52,7 +52,8 @@ def test_schedule_scales_to_any_depth(layers):
 def test_no_pruning_when_start_is_past_the_last_layer():
     assert pruning_layers(8, 1.0, 1.0) is None
     assert visual_keep_counts(8, 50, 0.95, 1.0) == [50] * 8
-    assert not AIMConfig.none().prunes(28) and not AIMConfig.none().merges
+    none = AIMConfig.none()
+    assert pruning_layers(28, none.prune_start, none.prune_end) is None and not none.merges
 
 
 def test_default_is_the_paper_setting_and_sits_on_the_knob():
