@@ -289,7 +289,7 @@ def _upsample(grid: np.ndarray, size: int) -> np.ndarray:
     weights[np.arange(size), lo] = 1 - (u - lo)
     weights[np.arange(size), lo + 1] = u - lo
     # optimize=True contracts one operand at a time instead of looping over all three at once: far faster, and
-    # equal up to float rounding (1 ulp), so the rendered uint8 frames are identical.
+    # equal up to float rounding (about 1e-15), so the rendered uint8 frames are identical.
     return np.einsum("yi,ijc,xj->yxc", weights, grid, weights, optimize=True)
 
 
