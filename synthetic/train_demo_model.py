@@ -4,8 +4,8 @@
 
 From scratch, on CPU, seeded: the data of every step depends only on (seed, stage, step), so a run is reproducible
 up to floating-point differences between machines, and up to where each stage's time cap stops it (`Stage.minutes`):
-a slower machine trains fewer steps, and the log says where each stage stopped. The prompt is exactly the chat template's generation prompt for
-one video and one question; the loss is on the answer and the closing <|im_end|>.
+a slower machine trains fewer steps, and the log says where each stage stopped. The prompt is exactly the chat
+template's generation prompt for one video and one question; the loss is on the answer and the closing <|im_end|>.
 
 Three stages, because trained only end to end from answers, a random vision tower and language model spend far
 longer than the 60-minute budget learning the answers' priors before they start to look at the video:

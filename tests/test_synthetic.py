@@ -163,7 +163,8 @@ def test_shared_prefix_training_forward_matches_the_stock_forward():
     stage = next(s for s in STAGES if s.name == "joint" and max(s.frames) >= 8)
     batch = training_batch(processor, stage, seed=0, step=3)
     # Fewer questions about some videos than others, so that some packed rows have empty slots.
-    about = [[q for q, v in zip(batch.questions, batch.video_of.tolist()) if v == video] for video in range(4)]
+    videos = batch.video_of.tolist()
+    about = [[q for q, v in zip(batch.questions, videos) if v == video] for video in range(len(batch.scenes))]
     batch = make_batch(processor, batch.scenes, batch.frames, [qs[: 2 + 5 * v] for v, qs in enumerate(about)])
     assert len(set(Counter(batch.video_of.tolist()).values())) > 1
     pad = processor.tokenizer.pad_token_id
