@@ -311,21 +311,28 @@ _SDF: dict[str, Callable[[np.ndarray, np.ndarray, float], np.ndarray]] = {
 
 def questions(scene: Scene) -> list[Question]:
     """Every question about the scene, each with the fewest frames (FRAME_COUNTS) that answer it reliably."""
-    truth = _answerable(scene, np.arange(scene.num_frames))
-    remaining = dict(truth)
-    min_frames: dict[str, int] = {}
-    for count in FRAME_COUNTS:
-        seen = [set(_answerable(scene, grid)) for grid in sampling_grids(scene.num_frames, count)]
-        for text in [t for t in remaining if all(t in s for s in seen)]:
-            min_frames[text] = count
-            del remaining[text]
-    return [Question(text, answer, kind, min_frames[text]) for text, (answer, kind) in truth.items()]
+    return _labelled(scene, _answerable(scene, np.arange(scene.num_frames)))
 
 
 def questions_seen(scene: Scene, frames: np.ndarray) -> list[Question]:
     """The questions about the scene that someone shown only the given frame indices can answer for sure."""
     seen = _answerable(scene, frames)
-    return [q for q in questions(scene) if q.text in seen]
+    truth = _answerable(scene, np.arange(scene.num_frames))
+    return _labelled(scene, {text: truth[text] for text in truth if text in seen})
+
+
+def _labelled(scene: Scene, asked: dict[str, tuple[str, str]]) -> list[Question]:
+    """The `asked` questions ({question: (answer, kind)}), each labelled with its `min_frames`."""
+    remaining = set(asked)
+    min_frames: dict[str, int] = {}
+    for count in FRAME_COUNTS:
+        if not remaining:  # the costly part: training labels only the few questions a short sampling shows
+            break
+        seen = [set(_answerable(scene, grid)) for grid in sampling_grids(scene.num_frames, count)]
+        for text in [t for t in remaining if all(t in s for s in seen)]:
+            min_frames[text] = count
+            remaining.remove(text)
+    return [Question(text, answer, kind, min_frames[text]) for text, (answer, kind) in asked.items()]
 
 
 def _answerable(scene: Scene, frames: np.ndarray) -> dict[str, tuple[str, str]]:

@@ -24,6 +24,7 @@ from synthetic.scenes import (
     make_scene,
     pick,
     questions,
+    questions_seen,
     render,
     sampling_grids,
     split_seeds,
@@ -98,6 +99,21 @@ def test_min_frames_is_enough_for_the_apps_sampling_and_brief_questions_need_it(
             if question.min_frames > 32:
                 grids = sampling_grids(scene.num_frames, 32)
                 assert any(question.text not in _answerable(scene, grid) for grid in grids)
+
+
+def test_questions_seen_are_the_questions_the_frames_show_with_the_same_labels():
+    rng = np.random.default_rng(0)
+    shown = Counter()
+    for seed in split_seeds("train", 40):
+        scene = make_scene(seed)
+        every = questions(scene)
+        for count in (1, 2, 8, 32):
+            grids = sampling_grids(scene.num_frames, count)
+            frames = grids[rng.integers(len(grids))]
+            seen = questions_seen(scene, frames)
+            assert seen == [q for q in every if q.text in _answerable(scene, frames)]
+            shown[count] += len(seen)
+    assert 0 < shown[1] < shown[8] < shown[32]
 
 
 def test_the_apps_sampling_grid_is_one_the_labels_hold_for():
