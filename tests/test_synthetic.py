@@ -257,3 +257,17 @@ def test_an_answer_that_ends_by_itself_is_not_reported_as_cancelled():
             answer = qa.answer(frames, sample["questions"][0]["text"], config=config, max_new_tokens=16)
             assert answer.stats.new_tokens < 16  # the one-word answer and <|im_end|>
             assert not answer.cancelled
+
+
+def test_the_learning_rate_decays_by_step_or_by_time_whichever_is_further():
+    from synthetic.train_demo_model import Stage, learning_rate
+
+    stage = Stage("language", steps=1000, lr=1e-3, minutes=10)
+    assert learning_rate(stage, 0, 0.0) == pytest.approx(1e-3 / 50)
+    assert learning_rate(stage, 49, 0.0) == pytest.approx(1e-3, rel=0.01)  # warmed up, barely decayed
+    assert learning_rate(stage, 500, 0.0) == pytest.approx(0.55e-3)
+    assert learning_rate(stage, 1000, 0.0) == pytest.approx(1e-4)
+    # A slow machine reaching the 10-minute cap at step 300 has decayed as far as a fast one at step 1000.
+    assert learning_rate(stage, 300, 300.0) == pytest.approx(learning_rate(stage, 500, 0.0))
+    assert learning_rate(stage, 300, 600.0) == pytest.approx(1e-4)
+    assert learning_rate(stage, 300, 900.0) == pytest.approx(1e-4)
