@@ -326,7 +326,7 @@ def _labelled(scene: Scene, asked: dict[str, tuple[str, str]]) -> list[Question]
     remaining = set(asked)
     min_frames: dict[str, int] = {}
     for count in FRAME_COUNTS:
-        if not remaining:  # the costly part: training labels only the few questions a short sampling shows
+        if not remaining:  # each count costs five `_answerable` calls; a short sampling shows few questions
             break
         seen = [set(_answerable(scene, grid)) for grid in sampling_grids(scene.num_frames, count)]
         for text in [t for t in remaining if all(t in s for s in seen)]:

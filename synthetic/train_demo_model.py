@@ -336,11 +336,12 @@ def run_stage(
     start, losses = time.time(), []
     hits: dict[str, list[bool]] = {kind: [] for kind in KINDS}
     for step in range(stage.steps):
-        if time.time() - start > stage.minutes * 60:
+        elapsed = time.time() - start
+        if elapsed > stage.minutes * 60:
             print(f"{stage.name} {stage.frames}: past {stage.minutes} min, stopping at step {step}", flush=True)
             break
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(stage, step, time.time() - start)
+            group["lr"] = learning_rate(stage, step, elapsed)
         if stage.name == "vision":
             scenes, picked = vision_batch(stage, seed, step)
             videos = [render(scene, SHAPE.image_size, np.array([t])) for scene, t in zip(scenes, picked)]

@@ -267,7 +267,8 @@ def test_the_learning_rate_decays_by_step_or_by_time_whichever_is_further():
     assert learning_rate(stage, 49, 0.0) == pytest.approx(1e-3, rel=0.01)  # warmed up, barely decayed
     assert learning_rate(stage, 500, 0.0) == pytest.approx(0.55e-3)
     assert learning_rate(stage, 1000, 0.0) == pytest.approx(1e-4)
-    # A slow machine reaching the 10-minute cap at step 300 has decayed as far as a fast one at step 1000.
+    # A slow run halfway through its 10 minutes at step 300 has decayed as far as a fast one at step 500; at the cap,
+    # or past it, all the way.
     assert learning_rate(stage, 300, 300.0) == pytest.approx(learning_rate(stage, 500, 0.0))
     assert learning_rate(stage, 300, 600.0) == pytest.approx(1e-4)
     assert learning_rate(stage, 300, 900.0) == pytest.approx(1e-4)
