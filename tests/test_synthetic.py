@@ -178,16 +178,15 @@ def test_shared_prefix_training_forward_matches_the_stock_forward():
     model, processor = build(seed=0)
     stage = next(s for s in STAGES if s.name == "joint" and max(s.frames) >= 8)
     batch = training_batch(processor, stage, seed=0, step=3)
-    # Fewer questions about some videos than others, so that some packed rows have empty slots.
+    # Fewer questions about some videos than others, so that some rows end in padding.
     videos = batch.video_of.tolist()
     about = [[q for q, v in zip(batch.questions, videos) if v == video] for video in range(len(batch.scenes))]
     batch = make_batch(processor, batch.scenes, batch.frames, [qs[: 2 + 5 * v] for v, qs in enumerate(about)])
     assert len(set(Counter(batch.video_of.tolist()).values())) > 1
-    pad = processor.tokenizer.pad_token_id
     with torch.no_grad():
         shared = answer_logits(model, batch)
         for k in range(0, len(batch.questions), 3):
-            n = int((batch.suffix[k] != pad).sum())
+            n = int(batch.lengths[k])
             video = int(batch.video_of[k])
             ids = torch.cat([batch.prefix[0], batch.suffix[k, :n]])[None]
             full = model(input_ids=ids, pixel_values_videos=batch.pixel_values[video : video + 1]).logits[0, -n:]
