@@ -5,9 +5,8 @@
 From scratch, on CPU, seeded: the data of every step depends only on (seed, stage, step), so a run is reproducible
 up to floating-point differences between machines, and up to where each stage's time cap stops it (`Stage.minutes`):
 a slower machine trains fewer steps (its learning rate still decays fully, `learning_rate`), and the log says where
-each stage stopped. The shipped model predates the decay following the clock; on its machine only the (1, 2) stage
-reached its cap (at step 831 of 900). The prompt is exactly the chat template's generation prompt for one video and
-one question; the loss is on the answer and the closing <|im_end|>.
+each stage stopped. The prompt is exactly the chat template's generation prompt for one video and one question; the
+loss is on the answer and the closing <|im_end|>.
 
 Three stages, because trained only end to end from answers, a random vision tower and language model spend far
 longer than the 60-minute budget learning the answers' priors before they start to look at the video:
@@ -17,6 +16,11 @@ longer than the 60-minute budget learning the answers' priors before they start 
    language model sees many short videos first, then long ones.
 2. vision: the vision tower and projector learn to produce the target features from pixels (regression).
 3. joint: the whole model, from pixels, on the answers, with the regression kept as an auxiliary loss.
+
+In the language and joint stages, linear probes (`Probes`, dropped after training) also read, from each video
+token, facts about the shape under it that the harder questions build on: when the shape was first seen, where it
+started, which way it has moved, and which shape appeared just before it. The late stages ask "which way" three
+times a video (`Stage.focus`): asked as often as the other kinds, it stays at chance.
 
 All the questions about one video share the prompt up to and including the video tokens, so the language model
 runs each video's prefix once, then all its questions' remaining tokens in one row on top of its KV cache, each
@@ -43,6 +47,7 @@ from synthetic.scenes import (
     COLOURS,
     DIRECTIONS,
     KINDS,
+    MIN_SHIFT,
     NUMBERS,
     SHAPES,
     Question,
@@ -83,18 +88,24 @@ class Stage:
     frames: tuple[int, ...] = (1,)  # frames per video, drawn uniformly at each step
     videos: int = 8  # videos per step ("vision": frames per step)
     minutes: float = 60.0  # the stage stops early past this, so that a slow machine still ends within budget
+    questions_per_kind: int = 2  # per video; the questions share the video's prefix, so more of them cost little
+    focus: str | None = None  # a question kind asked more often, on only the videos that have one (`training_batch`)
+    focus_questions: int = 3  # per video, of the focus kind
 
 
-# About 50 minutes on the project's 2-core machines. Short videos first: how many videos the language model sees
+# At most 56 minutes (the sum of the caps) on 2 cores. Short videos first: how many videos the language model sees
 # decides how soon it learns to look up the words of a question among the visual tokens, and short ones are cheap.
+# "Which way" stays at chance when asked as often as the other kinds: it needs several questions a video, for
+# hundreds of steps, before the answers start to follow the tokens' (probed) knowledge of their shape's direction.
+# Those stages come last, after every kind has been learnt, and still ask one question of each other kind.
 STAGES = (
-    Stage("vision", 1500, 1e-3, videos=64, minutes=8),
+    Stage("vision", 1500, 1e-3, videos=64, minutes=7),
     Stage("language", 900, 2e-3, frames=(1, 2), videos=12, minutes=5),
     Stage("language", 1200, 2e-3, frames=(2, 4, 8), videos=8, minutes=10),
-    Stage("language", 1800, 1e-3, frames=(8, 16, 32), videos=4, minutes=20),
-    Stage("joint", 1000, 3e-4, frames=(8, 16, 32), videos=4, minutes=14),
+    Stage("language", 1500, 1e-3, frames=(8, 16, 32), videos=4, minutes=15),
+    Stage("language", 500, 1e-3, frames=(4, 8, 16, 32), videos=6, minutes=7, questions_per_kind=1, focus="direction"),
+    Stage("joint", 800, 3e-4, frames=(8, 16, 32, 64), videos=4, minutes=12, questions_per_kind=1, focus="direction"),
 )
-QUESTIONS_PER_KIND = 2  # per video; the questions share the video's prefix, so more of them cost little
 
 
 def build(seed: int) -> tuple[LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor]:
@@ -149,6 +160,83 @@ def _cell_overlap(centre: float, half: float) -> np.ndarray:
     """How much of each of the POOLED cells along one axis [centre - half, centre + half] covers, in cell widths."""
     edges = np.arange(POOLED + 1) / POOLED
     return np.clip(np.minimum(centre + half, edges[1:]) - np.maximum(centre - half, edges[:-1]), 0, None) * POOLED
+
+
+# Training-only linear probes on the language model's video tokens: what each token should know of its shape's past,
+# as stepping stones to "which way" and "right after". label -> (decoder layers before the probe, classes).
+PROBES: dict[str, tuple[int, int]] = {
+    "first_seen": (1, 2),
+    "start_x": (1, 8),
+    "start_y": (1, 8),
+    "direction": (2, len(DIRECTIONS)),
+    "before_colour": (3, len(COLOURS)),
+    "before_shape": (3, len(SHAPES)),
+}
+PROBE_WEIGHT = 0.1  # of the probes' mean cross-entropy, added to the answers' loss
+
+
+def moment_labels(scene: Scene, frames: np.ndarray) -> dict[str, torch.Tensor]:
+    """{label: [len(frames) * 16] class per pooled token, -100 where it does not apply} for the shape that covers
+    most of the token's cell (at least a quarter of it, and twice any other shape)."""
+    shown = [np.flatnonzero((frames >= s.start) & (frames < s.stop)) for s in scene.sprites]
+    cover = np.zeros((len(scene.sprites), len(frames), POOLED, POOLED))
+    for i, sprite in enumerate(scene.sprites):
+        for k in shown[i]:
+            cx, cy = sprite.centre(frames[k])
+            cover[i, k] = np.outer(_cell_overlap(float(cy), sprite.size / 2), _cell_overlap(float(cx), sprite.size / 2))
+    order = np.sort(cover, axis=0)
+    owner = np.where((order[-1] >= 0.25) & (order[-2] < order[-1] / 2), cover.argmax(0), -1)
+    first = {i: int(k[0]) for i, k in enumerate(shown) if len(k)}
+    firsts = sorted(first.values())
+    labels = {name: np.full(owner.shape, -100) for name in PROBES}
+    for i, k0 in first.items():
+        sprite = scene.sprites[i]
+        x0, y0 = sprite.centre(frames[k0])
+        alone = firsts.count(k0) == 1
+        earlier = [j for j, k in first.items() if k < k0]
+        before = max(earlier, key=lambda j: first[j]) if earlier else None
+        for k in shown[i]:
+            mine = owner[k] == i
+            labels["first_seen"][k][mine] = int(k == k0)
+            labels["start_x"][k][mine] = min(int(x0 * 8), 7)
+            labels["start_y"][k][mine] = min(int(y0 * 8), 7)
+            x, y = sprite.centre(frames[k])
+            if max(abs(x - x0), abs(y - y0)) >= MIN_SHIFT:
+                labels["direction"][k][mine] = DIRECTIONS.index(sprite.direction)
+            if before is not None and alone and firsts.count(first[before]) == 1:
+                labels["before_colour"][k][mine] = list(COLOURS).index(scene.sprites[before].colour)
+                labels["before_shape"][k][mine] = SHAPES.index(scene.sprites[before].shape)
+    return {name: torch.tensor(v.reshape(-1)) for name, v in labels.items()}
+
+
+class Probes(torch.nn.Module):
+    """A linear head per `PROBES` label, on the video tokens' hidden states after that label's decoder layers."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.heads = torch.nn.ModuleDict({name: torch.nn.Linear(hidden, n) for name, (_, n) in PROBES.items()})
+
+    def forward(
+        self, states: tuple[torch.Tensor, ...], batch: Batch, video_token: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean cross-entropy over the probes, and each probe's accuracy on the tokens it applies to.
+
+        states: the prefix's hidden states, embeddings first, each [V, prefix length, hidden].
+        """
+        video = (batch.prefix[0] == video_token).nonzero()[:-1, 0]  # every video token but the newline
+        wanted = [moment_labels(s, f) for s, f in zip(batch.scenes, batch.frames)]
+        losses, accuracy = [], {}
+        for name, (layer, _) in PROBES.items():
+            target = torch.stack([w[name] for w in wanted])
+            if not (target >= 0).any():
+                continue
+            logits = self.heads[name](states[layer][:, video])
+            losses.append(F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100))
+            valid = target >= 0
+            accuracy[name] = float((logits.argmax(-1) == target)[valid].float().mean())
+        if not losses:
+            return states[0].new_zeros(()), accuracy
+        return torch.stack(losses).mean(), accuracy
 
 
 @dataclass
@@ -211,8 +299,14 @@ def video_features(model: LlavaOnevisionForConditionalGeneration, pixel_values: 
 def answer_logits(
     model: LlavaOnevisionForConditionalGeneration, batch: Batch, features: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """[Q, S, vocab] logits of the suffix tokens. `features` ([V, T * 16 + 1, hidden]) replace the model's own video
-    features when given.
+    return answer_forward(model, batch, features)[0]
+
+
+def answer_forward(
+    model: LlavaOnevisionForConditionalGeneration, batch: Batch, features: torch.Tensor | None = None
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """[Q, S, vocab] logits of the suffix tokens, and the prefix's hidden states ([V, P, hidden] after each layer).
+    `features` ([V, T * 16 + 1, hidden]) replace the model's own video features when given.
 
     Each video's prefix runs once. Its questions then run one after another in one row, each attending to the whole
     prefix and to its own earlier tokens only, at the positions it would have alone: the prefix's keys and values are
@@ -226,7 +320,9 @@ def answer_logits(
     is_video = (batch.prefix == config.video_token_index)[..., None].expand_as(embeds)
     embeds = embeds.masked_scatter(is_video, features.to(embeds.dtype))
     cache = DynamicCache(config=core.language_model.config)
-    core.language_model(inputs_embeds=embeds, cache=cache, use_cache=True)
+    states = core.language_model(
+        inputs_embeds=embeds, cache=cache, use_cache=True, output_hidden_states=True
+    ).hidden_states
 
     # Where each real suffix token goes: row `video`, column `column`, at `position` within its question.
     question = torch.arange(len(batch.lengths)).repeat_interleave(batch.lengths)  # [N] real tokens
@@ -254,24 +350,29 @@ def answer_logits(
     ).last_hidden_state
     out = hidden.new_zeros(*batch.suffix.shape, hidden.shape[-1])  # padding's logits are 0 and its labels -100
     out[question, position] = hidden[video, column]
-    return model.lm_head(out)
+    return model.lm_head(out), states
 
 
 def training_batch(processor: LlavaOnevisionProcessor, stage: Stage, seed: int, step: int) -> Batch:
-    """Fresh training scenes, each with a random uniform sampling grid and one question of each kind answerable from
-    exactly the frames sampled (answers balanced by `pick`)."""
+    """Fresh training scenes, each with a random uniform sampling grid and `stage.questions_per_kind` questions of each
+    kind answerable from exactly the frames sampled (answers balanced by `pick`). A stage with a `focus` kind keeps
+    only the videos that have a question of it, and asks `stage.focus_questions` of it."""
     rng = np.random.default_rng([seed, STAGES.index(stage), step])
     num_frames = int(rng.choice(stage.frames))
     scenes, frames, asked = [], [], []
-    first_seed = (seed * len(STAGES) + STAGES.index(stage)) * 10_000_000 + step * stage.videos * 4
-    for scene_seed in split_seeds("train", stage.videos * 4, offset=first_seed):
+    tries = stage.videos * (20 if stage.focus else 4)
+    first_seed = (seed * len(STAGES) + STAGES.index(stage)) * 10_000_000 + step * tries
+    for scene_seed in split_seeds("train", tries, offset=first_seed):
         if len(scenes) == stage.videos:
             break
         scene = make_scene(scene_seed)
         grids = sampling_grids(scene.num_frames, num_frames)
         picked = grids[rng.integers(len(grids))]
-        chosen = list(pick(questions_seen(scene, picked), rng, QUESTIONS_PER_KIND))
-        if chosen:
+        seen = questions_seen(scene, picked)
+        asks = {kind: stage.focus_questions if kind == stage.focus else stage.questions_per_kind for kind in KINDS}
+        chosen = [q for kind in KINDS for q in pick(seen, rng, asks[kind], (kind,))]
+        wanted = any(q.kind == stage.focus for q in chosen) if stage.focus else bool(chosen)
+        if wanted:
             scenes.append(scene)
             frames.append(picked)
             asked.append(chosen)
@@ -335,17 +436,19 @@ def run_stage(
     stage: Stage,
     seed: int,
     val: list[Batch],
+    probes: Probes,
 ) -> None:
     """Train the parameters `stage` trains, at `learning_rate`."""
     core = model.model
     if stage.name == "language":
         params = [*core.language_model.parameters(), *model.lm_head.parameters(), core.image_newline]
+        params += [*probes.parameters()]
     elif stage.name == "vision":
         params = [*core.vision_tower.parameters(), *core.multi_modal_projector.parameters()]
     else:
-        params = list(model.parameters())
+        params = [*model.parameters(), *probes.parameters()]
     optimizer = torch.optim.AdamW(params, lr=stage.lr, betas=(0.9, 0.98), weight_decay=0.0)
-    start, losses = time.time(), []
+    start, losses, probed = time.time(), [], []
     hits: dict[str, list[bool]] = {kind: [] for kind in KINDS}
     for step in range(stage.steps):
         elapsed = time.time() - start
@@ -365,13 +468,16 @@ def run_stage(
             batch = training_batch(processor, stage, seed, step)
             wanted = torch.stack([targets.with_newline(s, f) for s, f in zip(batch.scenes, batch.frames)])
             features = wanted if stage.name == "language" else video_features(model, batch.pixel_values)
-            logits = answer_logits(model, batch, features)
+            logits, states = answer_forward(model, batch, features)
             right = ((logits.argmax(-1) == batch.labels) | (batch.labels == -100)).all(-1)
             for question, ok in zip(batch.questions, right.tolist()):
                 hits[question.kind].append(ok)
             loss = F.cross_entropy(logits.flatten(0, 1), batch.labels.flatten(), ignore_index=-100)
             if stage.name == "joint":
                 loss = loss + F.mse_loss(features[:, :-1], wanted[:, :-1]) * wanted.shape[-1]
+            probe_loss, probe_accuracy = probes(states, batch, model.config.video_token_index)
+            loss = loss + PROBE_WEIGHT * probe_loss
+            probed.append(probe_accuracy)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -381,6 +487,11 @@ def run_stage(
             line = f"{stage.name} {stage.frames} step {step + 1}: loss {np.mean(losses[-100:]):.4f}"
             if stage.name != "vision":
                 line += " | train " + " ".join(f"{k} {np.mean(h[-100:]):.2f}" for k, h in hits.items() if h)
+                if probed:
+                    names = {n for p in probed[-100:] for n in p}
+                    line += " | probes " + " ".join(
+                        f"{n} {np.mean([p[n] for p in probed[-100:] if n in p]):.2f}" for n in PROBES if n in names
+                    )
             if stage.name != "vision" and ((step + 1) % 300 == 0 or step + 1 == stage.steps):
                 scores = validate(model, val, targets if stage.name == "language" else None)
                 line += " | val@32 " + " ".join(f"{k} {v:.2f}" for k, v in scores.items())
@@ -394,9 +505,10 @@ def train(seed: int) -> tuple[LlavaOnevisionForConditionalGeneration, LlavaOnevi
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {SHAPE}", flush=True)
     targets = TargetFeatures(model, processor, seed)
     val = validation_batches(processor)
+    probes = Probes(SHAPE.text_hidden)
     started = time.time()
     for stage in STAGES:
-        run_stage(model, processor, targets, stage, seed, val)
+        run_stage(model, processor, targets, stage, seed, val, probes)
     print(f"trained in {(time.time() - started) / 60:.1f} min", flush=True)
     return model.eval(), processor
 

@@ -258,6 +258,70 @@ def test_an_answer_that_ends_by_itself_is_not_reported_as_cancelled():
             assert not answer.cancelled
 
 
+def test_moment_labels_follow_the_shape_under_each_token():
+    from synthetic.scenes import MIN_SHIFT
+    from synthetic.train_demo_model import moment_labels
+
+    checked = {"first_seen": 0, "direction": 0, "before_shape": 0}
+    for seed in split_seeds("val", 6):
+        scene = make_scene(seed)
+        frames = frame_indices(scene.num_frames, 16)
+        labels = {name: v.view(len(frames), 4, 4) for name, v in moment_labels(scene, frames).items()}
+        shown = {i: [k for k, t in enumerate(frames) if s.start <= t < s.stop] for i, s in enumerate(scene.sprites)}
+        for i, sprite in enumerate(scene.sprites):
+            for k in shown[i]:
+                cx, cy = sprite.centre(frames[k])
+                cell = (k, min(int(cy * 4), 3), min(int(cx * 4), 3))
+                if labels["first_seen"][cell] >= 0:
+                    assert labels["first_seen"][cell] == int(k == shown[i][0])
+                    checked["first_seen"] += 1
+                if labels["direction"][cell] >= 0:
+                    x0, y0 = sprite.centre(frames[shown[i][0]])
+                    assert max(abs(cx - x0), abs(cy - y0)) >= MIN_SHIFT
+                    assert DIRECTIONS[labels["direction"][cell]] == sprite.direction
+                    checked["direction"] += 1
+                if labels["before_shape"][cell] >= 0:
+                    earlier = [j for j in shown if shown[j] and shown[j][0] < shown[i][0]]
+                    before = scene.sprites[max(earlier, key=lambda j: shown[j][0])]
+                    assert SHAPES[labels["before_shape"][cell]] == before.shape
+                    checked["before_shape"] += 1
+        empty = [k for k, t in enumerate(frames) if not any(s.start <= t < s.stop for s in scene.sprites)]
+        assert all((labels[name][empty] == -100).all() for name in labels)
+    assert min(checked.values()) > 10, checked
+
+
+def test_probes_train_on_the_language_models_video_tokens():
+    from synthetic.train_demo_model import SHAPE, STAGES, Probes, answer_forward, build, training_batch
+
+    model, processor = build(seed=0)
+    probes = Probes(SHAPE.text_hidden)
+    batch = training_batch(processor, STAGES[2], seed=0, step=1)
+    _, states = answer_forward(model, batch)
+    loss, accuracy = probes(states, batch, model.config.video_token_index)
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0
+    assert {"first_seen", "start_x"} <= set(accuracy) and all(0 <= a <= 1 for a in accuracy.values())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in probes.heads["first_seen"].parameters())
+    assert next(model.model.language_model.parameters()).grad.abs().sum() > 0
+
+
+def test_a_focus_stage_asks_its_kind_more_often_on_every_video():
+    from synthetic.train_demo_model import STAGES, build, training_batch
+
+    _, processor = build(seed=0)
+    stage = next(s for s in STAGES if s.focus == "direction" and s.questions_per_kind == 1)
+    focused = Counter()
+    for step in range(5):
+        batch = training_batch(processor, stage, seed=0, step=step)
+        assert len(batch.scenes) == stage.videos
+        for video in range(stage.videos):
+            asked = Counter(q.kind for q, v in zip(batch.questions, batch.video_of.tolist()) if v == video)
+            assert 1 <= asked.pop("direction") <= stage.focus_questions
+            assert all(n <= stage.questions_per_kind for n in asked.values())
+        focused.update(q.kind for q in batch.questions)
+    assert focused["direction"] > 2 * focused["which"]
+
+
 def test_the_learning_rate_decays_by_step_or_by_time_whichever_is_further():
     from synthetic.train_demo_model import Stage, learning_rate
 
