@@ -192,9 +192,10 @@ def moment_labels(scene: Scene, frames: np.ndarray) -> dict[str, torch.Tensor]:
     for i, k0 in first.items():
         sprite = scene.sprites[i]
         x0, y0 = sprite.centre(frames[k0])
-        alone = firsts.count(k0) == 1
         earlier = [j for j, k in first.items() if k < k0]
         before = max(earlier, key=lambda j: first[j]) if earlier else None
+        # Ties make the order unreadable, as they do for the questions (`_answerable`).
+        before_known = before is not None and firsts.count(k0) == 1 and firsts.count(first[before]) == 1
         for k in shown[i]:
             mine = owner[k] == i
             labels["first_seen"][k][mine] = int(k == k0)
@@ -203,7 +204,7 @@ def moment_labels(scene: Scene, frames: np.ndarray) -> dict[str, torch.Tensor]:
             x, y = sprite.centre(frames[k])
             if max(abs(x - x0), abs(y - y0)) >= MIN_SHIFT:
                 labels["direction"][k][mine] = DIRECTIONS.index(sprite.direction)
-            if before is not None and alone and firsts.count(first[before]) == 1:
+            if before_known:
                 labels["before_colour"][k][mine] = list(COLOURS).index(scene.sprites[before].colour)
                 labels["before_shape"][k][mine] = SHAPES.index(scene.sprites[before].shape)
     return {name: torch.tensor(v.reshape(-1)) for name, v in labels.items()}
@@ -228,11 +229,11 @@ class Probes(torch.nn.Module):
         losses, accuracy = [], {}
         for name, (layer, _) in PROBES.items():
             target = torch.stack([w[name] for w in wanted])
-            if not (target >= 0).any():
+            valid = target >= 0
+            if not valid.any():
                 continue
             logits = self.heads[name](states[layer][:, video])
             losses.append(F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100))
-            valid = target >= 0
             accuracy[name] = float((logits.argmax(-1) == target)[valid].float().mean())
         if not losses:
             return states[0].new_zeros(()), accuracy
@@ -360,6 +361,7 @@ def training_batch(processor: LlavaOnevisionProcessor, stage: Stage, seed: int, 
     rng = np.random.default_rng([seed, STAGES.index(stage), step])
     num_frames = int(rng.choice(stage.frames))
     scenes, frames, asked = [], [], []
+    asks = {kind: stage.focus_questions if kind == stage.focus else stage.questions_per_kind for kind in KINDS}
     tries = stage.videos * (20 if stage.focus else 4)
     first_seed = (seed * len(STAGES) + STAGES.index(stage)) * 10_000_000 + step * tries
     for scene_seed in split_seeds("train", tries, offset=first_seed):
@@ -369,7 +371,6 @@ def training_batch(processor: LlavaOnevisionProcessor, stage: Stage, seed: int, 
         grids = sampling_grids(scene.num_frames, num_frames)
         picked = grids[rng.integers(len(grids))]
         seen = questions_seen(scene, picked)
-        asks = {kind: stage.focus_questions if kind == stage.focus else stage.questions_per_kind for kind in KINDS}
         chosen = [q for kind in KINDS for q in pick(seen, rng, asks[kind], (kind,))]
         wanted = any(q.kind == stage.focus for q in chosen) if stage.focus else bool(chosen)
         if wanted:
