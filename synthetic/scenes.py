@@ -71,6 +71,15 @@ class Sprite:
         a = (np.asarray(t, dtype=np.float64) - self.start) / max(self.stop - 1 - self.start, 1)
         return self.x0 + a * (self.x1 - self.x0), self.y0 + a * (self.y1 - self.y0)
 
+    def shown_at(self, frames: np.ndarray) -> np.ndarray:
+        """Indices into `frames` (frame numbers) of the frames that show the sprite."""
+        return np.flatnonzero((frames >= self.start) & (frames < self.stop))
+
+    def moved(self, a: int, b: int) -> bool:
+        """Whether the sprite's direction is visible between frames a and b: it shifts by at least MIN_SHIFT."""
+        (xa, xb), (ya, yb) = self.centre(np.array([a, b]))
+        return max(abs(xb - xa), abs(yb - ya)) >= MIN_SHIFT
+
     @property
     def direction(self) -> str:
         dx, dy = self.x1 - self.x0, self.y1 - self.y0
@@ -249,7 +258,7 @@ def render(scene: Scene, size: int, frames: np.ndarray | None = None) -> np.ndar
     for sprite in scene.sprites:
         colour = np.array(COLOURS[sprite.colour], dtype=np.float32) / 255
         half = int(np.ceil(sprite.size * 0.55 * size)) + 1  # box around the centre that holds the whole outline
-        for k in np.flatnonzero((frames >= sprite.start) & (frames < sprite.stop)):
+        for k in sprite.shown_at(frames):
             cx, cy = sprite.centre(frames[k])
             px, py = int(cx * size), int(cy * size)
             x_lo, x_hi, y_lo, y_hi = max(px - half, 0), min(px + half, size), max(py - half, 0), min(py + half, size)
@@ -339,7 +348,7 @@ def _answerable(scene: Scene, frames: np.ndarray) -> dict[str, tuple[str, str]]:
     """{question: (answer, kind)} for every question that someone shown only `frames` can answer for sure."""
     frames = np.unique(frames)
     sprites = scene.sprites
-    shown = [frames[(frames >= s.start) & (frames < s.stop)] for s in sprites]
+    shown = [frames[s.shown_at(frames)] for s in sprites]
     # When each sprite is first seen; None if never. Ties make an order unreadable.
     first = [int(f[0]) if len(f) else None for f in shown]
     seen = [f for f in first if f is not None]
@@ -379,10 +388,8 @@ def _answerable(scene: Scene, frames: np.ndarray) -> dict[str, tuple[str, str]]:
             ask("count", f"How many {colour} objects appear?", NUMBERS[len(having)])
 
     for sprite, f in zip(sprites, shown):
-        if len(f) >= 2:
-            (xa, xb), (ya, yb) = sprite.centre(f[[0, -1]])
-            if max(abs(xb - xa), abs(yb - ya)) >= MIN_SHIFT:
-                ask("direction", f"Which way does the {sprite.name} move?", sprite.direction)
+        if len(f) >= 2 and sprite.moved(f[0], f[-1]):
+            ask("direction", f"Which way does the {sprite.name} move?", sprite.direction)
 
     names = {s.name for s in sprites}
     colours, shapes = {s.colour for s in sprites}, {s.shape for s in sprites}

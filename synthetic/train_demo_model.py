@@ -47,11 +47,11 @@ from synthetic.scenes import (
     COLOURS,
     DIRECTIONS,
     KINDS,
-    MIN_SHIFT,
     NUMBERS,
     SHAPES,
     Question,
     Scene,
+    Sprite,
     make_scene,
     pick,
     questions,
@@ -141,11 +141,9 @@ class TargetFeatures:
         """[len(frames) * 16, hidden] targets of the pooled tokens of the given frame indices, in the model's order."""
         out = torch.zeros(len(frames), POOLED, POOLED, len(self.x))
         for sprite in scene.sprites:
-            half = sprite.size / 2
-            for k in np.flatnonzero((frames >= sprite.start) & (frames < sprite.stop)):
+            for k in sprite.shown_at(frames):
                 cx, cy = sprite.centre(frames[k])
-                overlap = np.outer(_cell_overlap(float(cy), half), _cell_overlap(float(cx), half))
-                overlap = torch.tensor(overlap, dtype=torch.float32)[..., None]
+                overlap = torch.tensor(_cover(sprite, float(cx), float(cy)), dtype=torch.float32)[..., None]
                 code = self.colours[sprite.colour] + self.shapes[sprite.shape]
                 code = code + 2 * (float(cx) - 0.5) * self.x + 2 * (float(cy) - 0.5) * self.y
                 out[k] += overlap * code
@@ -154,6 +152,12 @@ class TargetFeatures:
     def with_newline(self, scene: Scene, frames: np.ndarray) -> torch.Tensor:
         """The targets followed by the model's newline embedding: a stand-in for the whole video's features."""
         return torch.cat([self(scene, frames), self.newline[None]])
+
+
+def _cover(sprite: Sprite, cx: float, cy: float) -> np.ndarray:
+    """[POOLED, POOLED]: how much of each pooled cell the sprite's box covers when centred at (cx, cy), in cells."""
+    half = sprite.size / 2
+    return np.outer(_cell_overlap(cy, half), _cell_overlap(cx, half))
 
 
 def _cell_overlap(centre: float, half: float) -> np.ndarray:
@@ -178,12 +182,12 @@ PROBE_WEIGHT = 0.1  # of the probes' mean cross-entropy, added to the answers' l
 def moment_labels(scene: Scene, frames: np.ndarray) -> dict[str, torch.Tensor]:
     """{label: [len(frames) * 16] class per pooled token, -100 where it does not apply} for the shape that covers
     most of the token's cell (at least a quarter of it, and twice any other shape)."""
-    shown = [np.flatnonzero((frames >= s.start) & (frames < s.stop)) for s in scene.sprites]
+    shown = [s.shown_at(frames) for s in scene.sprites]
     cover = np.zeros((len(scene.sprites), len(frames), POOLED, POOLED))
     for i, sprite in enumerate(scene.sprites):
         for k in shown[i]:
             cx, cy = sprite.centre(frames[k])
-            cover[i, k] = np.outer(_cell_overlap(float(cy), sprite.size / 2), _cell_overlap(float(cx), sprite.size / 2))
+            cover[i, k] = _cover(sprite, float(cx), float(cy))
     order = np.sort(cover, axis=0)
     owner = np.where((order[-1] >= 0.25) & (order[-2] < order[-1] / 2), cover.argmax(0), -1)
     first = {i: int(k[0]) for i, k in enumerate(shown) if len(k)}
@@ -201,8 +205,7 @@ def moment_labels(scene: Scene, frames: np.ndarray) -> dict[str, torch.Tensor]:
             labels["first_seen"][k][mine] = int(k == k0)
             labels["start_x"][k][mine] = min(int(x0 * 8), 7)
             labels["start_y"][k][mine] = min(int(y0 * 8), 7)
-            x, y = sprite.centre(frames[k])
-            if max(abs(x - x0), abs(y - y0)) >= MIN_SHIFT:
+            if sprite.moved(frames[k0], frames[k]):
                 labels["direction"][k][mine] = DIRECTIONS.index(sprite.direction)
             if before_known:
                 labels["before_colour"][k][mine] = list(COLOURS).index(scene.sprites[before].colour)
