@@ -223,15 +223,15 @@ class Probes(torch.nn.Module):
     def forward(
         self, states: tuple[torch.Tensor, ...], batch: Batch, video_token: int
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean cross-entropy over the probes, and each probe's accuracy on the tokens it applies to.
+        """Mean cross-entropy over the probes on `batch.probe_labels`, and each probe's accuracy on the tokens it
+        applies to.
 
         states: the prefix's hidden states, embeddings first, each [V, prefix length, hidden].
         """
         video = (batch.prefix[0] == video_token).nonzero()[:-1, 0]  # every video token but the newline
-        wanted = [moment_labels(s, f) for s, f in zip(batch.scenes, batch.frames)]
         losses, accuracy = [], {}
         for name, (layer, _) in PROBES.items():
-            target = torch.stack([w[name] for w in wanted])
+            target = batch.probe_labels[name]
             valid = target >= 0
             if not valid.any():
                 continue
@@ -256,6 +256,7 @@ class Batch:
     lengths: torch.Tensor  # [Q] real (unpadded) tokens of each suffix row
     video_of: torch.Tensor  # [Q] which video each question is about
     questions: list[Question]
+    probe_labels: dict[str, torch.Tensor]  # {`PROBES` label: [V, T * 16]} from `moment_labels`
 
 
 def make_batch(
@@ -287,7 +288,11 @@ def make_batch(
         # Position j predicts token j + 1: the last prompt token predicts the first answer token.
         labels[k, len(prompt) - 1 : len(prompt) + len(answer) - 1] = torch.tensor(answer)
     lengths = torch.tensor([len(p) + len(a) for p, a in rows])
-    return Batch(scenes, frames, pixels, ids[None, :cut], suffix, labels, lengths, torch.tensor(video_of), flat)
+    moments = [moment_labels(scene, picked) for scene, picked in zip(scenes, frames)]
+    probe_labels = {name: torch.stack([m[name] for m in moments]) for name in PROBES}
+    return Batch(
+        scenes, frames, pixels, ids[None, :cut], suffix, labels, lengths, torch.tensor(video_of), flat, probe_labels
+    )
 
 
 def video_features(model: LlavaOnevisionForConditionalGeneration, pixel_values: torch.Tensor) -> torch.Tensor:
