@@ -26,6 +26,7 @@ class FastV:
     keep: float = 0.5
     importance: Importance = "last"
     merge_keep: float = 1.0
+    vision_keep: float = 1.0
 
     def __post_init__(self) -> None:
         if self.layer < 1 or not 0.0 <= self.keep <= 1.0:
@@ -49,6 +50,7 @@ class RandomDrop:
     keep: float
     seed: int = 0
     importance: Importance = "text"
+    vision_keep: float = 1.0
 
     @property
     def merge_keep(self) -> float:

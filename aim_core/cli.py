@@ -28,6 +28,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prune-to-last-layer", action="store_true",
                         help="keep some visual tokens down to the last layer instead of none from about 3/4 of the "
                              "depth on (better for shallow models, e.g. the demo model)")
+    parser.add_argument("--paper", action="store_true",
+                        help="the paper's method alone: merge and prune for the LLM, but run the stock vision tower "
+                             "(by default the tower also merges patches, from efficiency > 0)")
     parser.add_argument("--frames", type=int, default=32, help="frames sampled uniformly from the video")
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="hub id or local folder (default: the demo model)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -36,9 +39,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def answer_as_dict(answer: Answer) -> dict:
-    stats = asdict(answer.stats)
-    stats["flops_reduction"] = answer.stats.flops_reduction
-    stats["decode_tokens_per_second"] = answer.stats.decode_tokens_per_second
+    """The answer, its config and stats (None if it was cancelled before its first token) as plain JSON values."""
+    stats = None
+    if answer.stats is not None:
+        stats = asdict(answer.stats)
+        for name in ("flops_reduction", "decode_tokens_per_second", "total_flops", "total_flops_baseline",
+                     "total_reduction", "first_answer_seconds"):
+            stats[name] = getattr(answer.stats, name)
     return {"answer": answer.text, "config": asdict(answer.config), "stats": stats, "cancelled": answer.cancelled}
 
 
@@ -48,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = AIMConfig.from_efficiency(args.efficiency, importance=args.importance)
         if args.prune_to_last_layer:
             config = config.pruning_until_last_layer()
+        if args.paper:
+            config = config.paper()
         qa = VideoQA.from_pretrained(args.model)
         stream = qa.stream(args.video, args.question, config=config, num_frames=args.frames,
                            max_new_tokens=args.max_new_tokens)
@@ -66,8 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"[{stats.num_frames} frames, visual tokens {stats.visual_tokens_before_merge} -> "
         f"{stats.visual_tokens_after_merge} after merging, prefill {stats.flops / 1e12:.3f} TFLOPs "
-        f"({stats.flops_reduction:.2f}x fewer than no reduction), prefill {stats.prefill_seconds:.2f} s, "
-        f"total {stats.total_seconds:.2f} s]",
+        f"({stats.flops_reduction:.2f}x fewer than no reduction), vision + prefill {stats.total_flops / 1e12:.3f} "
+        f"TFLOPs ({stats.total_reduction:.2f}x fewer); frames {stats.video_decode_seconds:.2f} s, vision tower "
+        f"{stats.vision_seconds:.2f} s{' (cached)' if stats.vision_cached else ''}, prefill "
+        f"{stats.prefill_seconds:.2f} s, total {stats.total_seconds:.2f} s]",
         file=sys.stderr,
     )
     return 0

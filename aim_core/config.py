@@ -10,7 +10,7 @@ from typing import Literal, Protocol
 import torch
 
 from .errors import SettingsError
-from .merge import MergeResult, merge_frames
+from .merge import MergeResult, merge_frames, merged_count
 
 Importance = Literal["text", "pagerank", "last"]
 
@@ -21,10 +21,12 @@ class TokenReduction(Protocol):
     Attributes:
         merge_keep: fraction of each frame's visual tokens that reach the LLM.
         importance: how a pruning layer ranks visual tokens (see `aim_core.patch`).
+        vision_keep: fraction of each frame's patches left by merging inside the vision tower (1.0: the stock tower).
     """
 
     merge_keep: float
     importance: Importance
+    vision_keep: float
 
     @property
     def frame_reduction_key(self) -> Hashable:
@@ -40,7 +42,9 @@ class TokenReduction(Protocol):
 @dataclass(frozen=True)
 class AIMConfig:
     """One AIM setting. The defaults are the paper's: keep 25% of each frame's tokens after merging, then prune
-    visual tokens linearly from 50% of the LLM's depth until none is left at 79% of it.
+    visual tokens linearly from 50% of the LLM's depth until none is left at 79% of it. The paper leaves the vision
+    tower alone; `vision_keep` below 1 also merges patches inside it (see `vision_keep_counts`), which is where most
+    of the wait goes for models up to a few billion parameters.
 
     Attributes:
         merge_keep: fraction of each frame's visual tokens kept by merging, in (0, 1]; 1.0 merges nothing.
@@ -49,12 +53,16 @@ class AIMConfig:
         importance: how visual tokens are ranked at a pruning layer: "text" (attention from the question's tokens,
             computed at the pruning layers only), "pagerank" (AIM's multi-modal importance over all tokens) or
             "last" (attention from the prompt's last token, as FastV ranks them).
+        vision_keep: fraction of each frame's patches left by merging inside the vision tower, in (0, 1]; 1.0 runs
+            the stock tower. The tower's output grid is restored before the projector, so the rest of the model is
+            unchanged.
     """
 
     merge_keep: float = 0.25
     prune_start: float = 0.5
     prune_end: float = 0.79
     importance: Importance = "text"
+    vision_keep: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.merge_keep <= 1.0:
@@ -65,6 +73,8 @@ class AIMConfig:
             raise SettingsError(f"prune_end must be in [prune_start, 1], got {self.prune_end}")
         if self.importance not in ("text", "pagerank", "last"):
             raise SettingsError(f"importance must be 'text', 'pagerank' or 'last', got {self.importance!r}")
+        if not 0.0 < self.vision_keep <= 1.0:
+            raise SettingsError(f"vision_keep must be in (0, 1], got {self.vision_keep}")
 
     @classmethod
     def none(cls) -> AIMConfig:
@@ -75,9 +85,13 @@ class AIMConfig:
     def from_efficiency(cls, efficiency: float, importance: Importance = "text") -> AIMConfig:
         """A setting from one knob: 0.0 is the stock model, 1.0 the most aggressive setting, monotone between.
 
-        The knob walks through anchor settings, interpolating each field linearly: 0.0 no reduction; 0.5 merge to
-        50% and prune from 75% to 95% of depth; 0.75 the paper's default; 1.0 merge to 1/16 and prune from 25% to
-        50% of depth. Every field moves one way only, so the cost falls monotonically as the knob rises.
+        The knob walks through anchor settings, interpolating the LLM's fields linearly: 0.0 no reduction; 0.5
+        merge to 50% and prune from 75% to 95% of depth; 0.75 the paper's default (`AIMConfig()`); 1.0 merge to
+        1/16 and prune from 25% to 50% of depth. The vision tower's share moves in steps (`VISION_KEEP_STEPS`: all
+        patches below 0.25, then 50%, 25% from 0.5, 12.5% from 0.9), so that neighbouring settings share the
+        tower's cached output and a new setting on the same video runs only the LLM. Every field moves one way only,
+        so the cost falls monotonically as the knob rises. `.paper()` of a setting is the paper's method alone (the
+        stock tower).
         """
         if isinstance(efficiency, bool) or not isinstance(efficiency, (int, float)) or math.isnan(efficiency):
             raise SettingsError(f"efficiency must be a number in [0, 1], got {efficiency!r}")
@@ -85,7 +99,9 @@ class AIMConfig:
             raise SettingsError(f"efficiency must be in [0, 1], got {efficiency}")
         fields = [_interpolate(EFFICIENCY_ANCHORS, efficiency, i) for i in range(3)]
         merge_keep, prune_start, prune_end = (round(value, 6) for value in fields)
-        return cls(merge_keep=merge_keep, prune_start=prune_start, prune_end=prune_end, importance=importance)
+        vision_keep = min([1.0] + [keep for start, keep in VISION_KEEP_STEPS if efficiency >= start])
+        return cls(merge_keep=merge_keep, prune_start=prune_start, prune_end=prune_end, importance=importance,
+                   vision_keep=vision_keep)
 
     @property
     def merges(self) -> bool:
@@ -106,6 +122,10 @@ class AIMConfig:
     def with_importance(self, importance: Importance) -> AIMConfig:
         return replace(self, importance=importance)
 
+    def paper(self) -> AIMConfig:
+        """The same merging and pruning with the stock vision tower, as the paper has it."""
+        return replace(self, vision_keep=1.0)
+
     def pruning_until_last_layer(self) -> AIMConfig:
         """The same setting with some visual tokens kept down to the last layer, instead of none from `prune_end`
         of the depth on: shallow models (like the demo model) still read the video in their last layers."""
@@ -119,7 +139,12 @@ EFFICIENCY_ANCHORS: tuple[tuple[float, float, float, float], ...] = (
     (0.75, 0.25, 0.5, 0.79),
     (1.0, 0.0625, 0.25, 0.5),
 )
+# (efficiency from which, vision_keep): the patches the vision tower's blocks keep, in steps.
+VISION_KEEP_STEPS: tuple[tuple[float, float], ...] = ((0.25, 0.5), (0.5, 0.25), (0.9, 0.125))
 DEFAULT_EFFICIENCY = 0.75
+# Merging inside the vision tower is spread over its blocks up to this fraction of its depth (over block 1 at
+# least); the blocks after run on what is left.
+VISION_MERGE_DEPTH = 0.1
 
 
 def _interpolate(anchors: tuple[tuple[float, ...], ...], x: float, field: int) -> float:
@@ -162,3 +187,19 @@ def visual_keep_counts(num_layers: int, num_visual: int, prune_start: float, pru
     fractions = [1.0 if layer < first else max(0.0, 1 - (layer - first + 1) / (last - first)) for layer in
                  range(num_layers)]
     return [int(fraction * num_visual) for fraction in fractions]
+
+
+def vision_keep_counts(num_layers: int, num_tokens: int, keep: float, output_layer: int = -1) -> list[int]:
+    """Patch tokens per frame each vision block processes when merging inside the tower leaves `keep` of them.
+
+    Block 0 sees every patch (its input is the bare patch embeddings); the count then falls linearly over blocks
+    1 to M = max(1, round(VISION_MERGE_DEPTH * num_layers)) down to `merged_count(num_tokens, keep)`, and stays
+    there until `output_layer`, the block whose output the model reads; blocks after it get the whole grid back.
+    """
+    output_layer %= num_layers
+    target = merged_count(num_tokens, keep)
+    if target == num_tokens or output_layer == 0:
+        return [num_tokens] * num_layers
+    last = min(output_layer, max(1, round(VISION_MERGE_DEPTH * num_layers)))
+    return [num_tokens if layer == 0 or layer > output_layer else
+            num_tokens - (num_tokens - target) * min(layer, last) // last for layer in range(num_layers)]

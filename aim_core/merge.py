@@ -89,12 +89,45 @@ def merge_frames(tokens: torch.Tensor, keep_ratio: float) -> MergeResult:
         keep_ratio: fraction of each frame's tokens to keep, in (0, 1].
     """
     frames, n, _ = tokens.shape
-    target = merged_count(n, keep_ratio)
-    sizes = torch.ones(frames, n, dtype=torch.long, device=tokens.device)
-    source = torch.arange(n, device=tokens.device).expand(frames, n)
+    start = MergeResult(
+        tokens=tokens,
+        sizes=torch.ones(frames, n, dtype=torch.long, device=tokens.device),
+        source=torch.arange(n, device=tokens.device).expand(frames, n),
+    )
+    return merge_further(start, merged_count(n, keep_ratio))
+
+
+def merge_further(merged: MergeResult, target: int) -> MergeResult:
+    """Continue merging each frame of `merged` down to `target` tokens (at least 1), by repeated bipartite matching.
+
+    `merged.source` must map every original token to a current one; the result's maps original tokens to the new
+    survivors. At or below `target` tokens nothing changes.
+    """
+    tokens, sizes, source = merged.tokens, merged.sizes, merged.source
     while tokens.shape[1] > target:
         current = tokens.shape[1]
         r = min(current - target, math.ceil(current / 2))
         tokens, sizes, destination = bipartite_merge_step(tokens, sizes, r)
         source = destination.gather(1, source)
     return MergeResult(tokens=tokens, sizes=sizes, source=source.contiguous())
+
+
+def cluster_means(tokens: torch.Tensor, source: torch.Tensor, kept: int) -> torch.Tensor:
+    """`[frames, kept, dim]`: the mean of each merged token's cluster of `[frames, n, dim]` tokens, by a merge's
+    `source` map `[frames, n]` (-1 for a token in no cluster). What merging made of the tokens themselves (its
+    size-weighted means compose to the plain mean), applied to other values of the same tokens."""
+    frames, _, dim = tokens.shape
+    member = (source >= 0)[..., None].to(tokens.dtype)
+    index = source.clamp(min=0)[..., None]
+    summed = tokens.new_zeros(frames, kept, dim).scatter_add_(1, index.expand(-1, -1, dim), tokens * member)
+    return summed / tokens.new_zeros(frames, kept, 1).scatter_add_(1, index, member)
+
+
+def unmerge(tokens: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """`[frames, n, dim]`: every original token takes the value of the merged token it went into.
+
+    Args:
+        tokens: `[frames, kept, dim]` merged tokens.
+        source: `[frames, n]` index of each original token's merged token (`MergeResult.source`).
+    """
+    return tokens.gather(1, source.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))

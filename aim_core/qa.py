@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -29,13 +30,15 @@ from transformers.video_utils import VideoMetadata
 
 from .adapters import adapter_for
 from .adapters.base import VideoEncoding, VideoLLMAdapter
+from .cancel import Cancelled, cancellable
 from .config import AIMConfig, TokenReduction, no_pruning_before
-from .cost import CostEstimate, estimate_cost
+from .cost import BudgetPlan, CostEstimate, VisionWork, estimate_cost, plan_for_budget
 from .errors import ModelError, QuestionError, SettingsError, VideoError
-from .flops import DecoderShape, prefill_flops
+from .flops import DecoderShape, prefill_flops, vision_flops
 from .merge import MergeResult
 from .patch import PrefillRecord, VisualTokenPruner
-from .video import SampledFrames, sample_frames
+from .vision_patch import VisionRecord, VisionTokenMerger
+from .video import SampledFrames, frame_indices, sample_frames
 
 MAX_FRAMES = 512
 MAX_QUESTION_CHARS = 2000
@@ -47,7 +50,13 @@ VideoInput = str | Path | SampledFrames | np.ndarray | PIL.Image.Image
 
 @dataclass
 class Stats:
-    """What one answer cost, measured, next to the same question with no reduction (analytic)."""
+    """What one answer cost, measured, next to the same question with no reduction (analytic).
+
+    The wait for the first token is `video_decode_seconds` (sampling the frames) + `vision_seconds` (vision tower
+    and projector; 0 paid when `vision_cached`) + `merge_seconds` + `prefill_seconds`; `decode_seconds` is the
+    generation of the tokens after the first. `flops` counts the LLM prefill (as the paper does); `vision_flops`
+    the vision tower and projector, paid again only when the video or the vision setting changes.
+    """
 
     num_frames: int
     visual_tokens_before_merge: int
@@ -67,10 +76,34 @@ class Stats:
     new_tokens: int
     kv_cache_bytes: int
     peak_memory_bytes: int | None
+    video_decode_seconds: float = 0.0
+    vision_flops: int = 0
+    vision_flops_baseline: int = 0
+    vision_tokens_per_layer: list[int] = field(default_factory=list)
 
     @property
     def flops_reduction(self) -> float:
         return self.flops_baseline / self.flops
+
+    @property
+    def first_answer_seconds(self) -> float:
+        """The wait for the first token of a first question about the video: frames, vision tower (what encoding
+        took, also when this answer found it cached), merge and prefill."""
+        return self.video_decode_seconds + self.vision_seconds + self.merge_seconds + self.prefill_seconds
+
+    @property
+    def total_flops(self) -> int:
+        """Vision tower + prefill: what a first question about the video costs."""
+        return self.vision_flops + self.flops
+
+    @property
+    def total_flops_baseline(self) -> int:
+        return self.vision_flops_baseline + self.flops_baseline
+
+    @property
+    def total_reduction(self) -> float:
+        """How many times fewer FLOPs vision + prefill took than with no reduction."""
+        return self.total_flops_baseline / self.total_flops
 
     @property
     def decode_tokens_per_second(self) -> float:
@@ -94,6 +127,9 @@ class Trace:
         kept_per_layer: per decoder layer, indices of the merged tokens it processed at prefill, numbered step by
             step (`step * merged_per_frame + j`); visual tokens that are never merged are numbered after them.
         frames_per_step: frames behind each step; the last step may hold a repeat of the last frame.
+        vision_source: `[steps, patches]` for every patch of the vision tower, the token it was merged into inside
+            the tower (each patch then took its token's value: `aim_core.vision_patch`); None when the tower ran
+            whole.
     """
 
     frames: SampledFrames
@@ -102,6 +138,7 @@ class Trace:
     merged_per_frame: int
     kept_per_layer: list[torch.Tensor]
     frames_per_step: int = 1
+    vision_source: torch.Tensor | None = None
 
     def clusters(self) -> np.ndarray:
         """`[frames, rows, cols]` merged-token id of every original token (its cluster within its step)."""
@@ -116,17 +153,28 @@ class Trace:
         kept = kept.view(steps, self.merged_per_frame).gather(1, self.merge_source.clamp(min=0))
         return self._per_frame(kept & (self.merge_source >= 0)).numpy()
 
-    def _per_frame(self, per_step: torch.Tensor) -> torch.Tensor:
+    def vision_clusters(self) -> np.ndarray | None:
+        """`[frames, side, side]` the token every patch was merged into inside the vision tower; None when the tower
+        ran whole."""
+        if self.vision_source is None:
+            return None
+        side = math.isqrt(self.vision_source.shape[1])
+        return self._per_frame(self.vision_source, (side, side)).numpy()
+
+    def _per_frame(self, per_step: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
         """`[steps, rows * cols]` -> `[frames, rows, cols]`: each step's map for each of its frames."""
         per_frame = per_step.repeat_interleave(self.frames_per_step, dim=0)[: len(self.frames)]
-        return per_frame.reshape(-1, *self.grid)
+        return per_frame.reshape(-1, *(grid or self.grid))
 
 
 @dataclass
 class Answer:
+    """An answer and what it cost. `stats` and `trace` are None when the run was cancelled before its first token
+    (in the vision tower or the prefill): nothing was measured then."""
+
     text: str
-    stats: Stats
-    trace: Trace
+    stats: Stats | None
+    trace: Trace | None
     config: TokenReduction
     cancelled: bool = False
 
@@ -135,6 +183,7 @@ class Answer:
 class _CachedVideo:
     encoding: VideoEncoding
     vision_seconds: float
+    vision: VisionRecord
     merges: dict[Hashable, tuple[MergeResult, float]] = field(default_factory=dict)
 
 
@@ -193,23 +242,41 @@ class VideoQA:
 
         Returns the frames, their encoding, and whether the encoding came from the cache.
         """
-        frames, key, cached = self._encode(video, num_frames)
+        frames, key, cached, _ = self._encode(video, num_frames)
         return frames, self._cache[key].encoding, cached
 
-    def _encode(self, video: VideoInput, num_frames: int) -> tuple[SampledFrames, str, bool]:
+    def _encode(self, video: VideoInput, num_frames: int,
+                vision_keep: float = 1.0) -> tuple[SampledFrames, str, bool, float]:
+        """The frames, the cache key of their encoding, whether it was cached, and the seconds decoding took (0 for
+        frames from the cache). `vision_keep` below 1 merges patches inside the vision tower, where it can be."""
+        started = time.perf_counter()
         image = _image_of(video)
         frames = self.sample_frames(video, num_frames) if image is None else SampledFrames.from_array(image[None])
-        key = _digest(frames, image is not None)
+        decode_seconds = time.perf_counter() - started
+        output_layer = self.adapter.vision_output_layer
+        if output_layer is None:  # a tower the hooks cannot merge runs whole
+            vision_keep = 1.0
+        key = f"{_digest(frames, image is not None)}:{vision_keep}"
         cached = key in self._cache
         if cached:
             self._cache.move_to_end(key)
-        else:
-            started = _now(self.model.device)
+            return frames, key, cached, decode_seconds
+        layers = self.adapter.vision_layers
+        merger = VisionTokenMerger(layers, vision_keep, output_layer or 0)
+        started = _now(self.model.device)
+        with merger:
             encoding = self.adapter.encode_video(frames.frames, _metadata(frames)) if image is None else \
                 self.adapter.encode_image(image)
-            self._cache[key] = _CachedVideo(encoding, _now(self.model.device) - started)
-            _trim(self._cache, self._cached_videos)
-        return frames, key, cached
+        vision = merger.record if merger.record.tokens_per_layer else VisionRecord(
+            tokens_per_layer=[self.adapter.vision_patches_per_step(encoding.tokens.shape[1])] * len(layers))
+        self._cache[key] = _CachedVideo(encoding, _now(self.model.device) - started, vision)
+        _trim(self._cache, self._cached_videos)
+        return frames, key, cached, decode_seconds
+
+    def clear_cache(self) -> None:
+        """Forget every decoded and encoded video (the next question about any video pays the whole pipeline)."""
+        self._cache.clear()
+        self._frames.clear()
 
     def sample_frames(self, video: VideoInput, num_frames: int) -> SampledFrames:
         """`num_frames` frames of `video` (see `aim_core.sample_frames`); a file's frames are kept while the file is
@@ -229,22 +296,51 @@ class VideoQA:
         except OSError:
             key = None  # sample_frames says what is wrong with the path
         if key not in self._frames:
-            frames = sample_frames(path, num_frames)
+            # Decoded at the size the model needs (fit passed positionally: tests wrap sample_frames in *args).
+            frames = sample_frames(path, num_frames, lambda height, width: self.adapter.frame_size(height, width,
+                                                                                                   num_frames))
             self._frames[key] = frames
             _trim(self._frames, self._cached_videos)
         self._frames.move_to_end(key)
         return self._frames[key]
 
     def estimate(self, config: TokenReduction, num_frames: int = 32, frame_size: tuple[int, int] = (384, 384),
-                 question: str = "What happens in this video?") -> CostEstimate:
+                 question: str = "What happens in this video?", fps: float = 1.0,
+                 duration: float | None = None) -> CostEstimate:
         """Predict tokens per layer and FLOPs before running anything (the UI's live preview).
 
-        `frame_size` is the video's `(height, width)`, for models whose token count depends on it.
+        `frame_size` is the video's `(height, width)`, for models whose token count depends on it. `fps` and
+        `duration` say when the frames are taken, for models that write the times in the prompt (Qwen3-VL): sampled
+        from a video of `duration` seconds at `fps` frames a second as `sample_frames` samples them (all its frames
+        if it has fewer than `num_frames`), or without `duration`, `1 / fps` seconds apart (as from an array).
         """
-        layout = self.adapter.layout(question, num_frames, *frame_size)
+        metadata = _planned_metadata(num_frames, fps, duration)
+        num_frames = len(metadata.frames_indices)
+        layout = self.adapter.layout(question, num_frames, *frame_size, metadata)
         cost = estimate_cost(self.shape, layout.steps, layout.tokens_per_step, layout.text_tokens, config,
-                             layout.unmerged, self.adapter.first_prunable_layer)
+                             layout.unmerged, self.adapter.first_prunable_layer,
+                             self.vision_work(layout.tokens_per_step))
         return replace(cost, num_frames=num_frames)
+
+    def vision_work(self, tokens_per_step: int) -> VisionWork:
+        """The vision tower's work per step of `tokens_per_step` LLM tokens, for cost estimates."""
+        return VisionWork(self.adapter.vision_shape, self.adapter.vision_patches_per_step(tokens_per_step),
+                          self.adapter.vision_output_layer)
+
+    def plan_for_budget(self, budget_flops: int, frame_size: tuple[int, int] = (384, 384),
+                        question: str = "What happens in this video?",
+                        frame_choices: tuple[int, ...] = (8, 16, 32, 48, 64, 96, 128, 192, 256),
+                        whole_pipeline: bool = True) -> BudgetPlan:
+        """The most frames, and the least reduction for them, that fit `budget_flops`: of the vision tower and the
+        prefill together (what a first question pays for), or with `whole_pipeline=False` of the prefill alone (as
+        the paper counts). E.g. the budget of 32 frames unreduced: `qa.estimate(AIMConfig.none(), 32).total_flops`.
+
+        Frame counts must share one layout per step (true of LLaVA-OneVision; Qwen's steps are pairs of frames).
+        """
+        layout = self.adapter.layout(question, 2, *frame_size)
+        vision = self.vision_work(layout.tokens_per_step) if whole_pipeline else None
+        return plan_for_budget(self.shape, budget_flops, layout.tokens_per_step, layout.text_tokens, frame_choices,
+                               unmerged_visual_tokens=layout.unmerged, vision=vision)
 
     def answer(self, video: VideoInput, question: str, config: TokenReduction | None = None, num_frames: int = 32,
                max_new_tokens: int = 64, **generate_kwargs: Any) -> Answer:
@@ -278,7 +374,8 @@ class AnswerStream:
     """Text of an answer as it is generated; `answer` holds the result once the iteration ends.
 
     Iterating runs the whole pipeline: frames, vision model (or cache), merge, then generation in a background
-    thread with pruning hooks on the decoder. `cancel()` stops generation at the next token.
+    thread with pruning hooks on the decoder. `cancel()` stops the vision tower or the prefill before their next
+    layer, and generation at the next token; the answer then says `cancelled`.
     """
 
     def __init__(self, qa: VideoQA, video: VideoInput, question: str, config: TokenReduction, num_frames: int,
@@ -297,6 +394,9 @@ class AnswerStream:
     def cancel(self) -> None:
         self._cancelled.set()
 
+    def _stopped_before_first_token(self) -> None:
+        self.answer = Answer(text="", stats=None, trace=None, config=self.config, cancelled=True)
+
     def __iter__(self) -> Iterator[str]:
         with self.qa._lock:
             yield from self._run()
@@ -304,7 +404,13 @@ class AnswerStream:
     def _run(self) -> Iterator[str]:
         qa, adapter, device = self.qa, self.qa.adapter, self.qa.model.device
         started = time.perf_counter()
-        frames, key, vision_cached = qa._encode(self.video, self.num_frames)
+        try:
+            with cancellable(adapter.vision_layers, self._cancelled.is_set):
+                frames, key, vision_cached, video_decode_seconds = qa._encode(self.video, self.num_frames,
+                                                                              self.config.vision_keep)
+        except Cancelled:
+            self._stopped_before_first_token()
+            return
         encoding = qa._cache[key].encoding
         merged, merge_seconds = qa._reduced(key, self.config)
         order = adapter.visual_order(encoding, merged)
@@ -323,12 +429,17 @@ class AnswerStream:
         settings = {"max_new_tokens": self.max_new_tokens, "do_sample": False, **self.generate_kwargs}
         outcome: dict[str, Any] = {}
 
+        def stop_in_prefill() -> bool:
+            # Between layers only until the first token; then the stopping criterion ends generation cleanly at the
+            # next token, keeping the answer so far.
+            return self._cancelled.is_set() and clock.first is None
+
         def generate() -> None:
             try:
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                 outcome["start"] = _now(device)
-                with pruning:
+                with pruning, cancellable(adapter.decoder_layers, stop_in_prefill):
                     outcome["output"] = qa.model.generate(
                         **inputs, **settings, streamer=streamer, logits_processor=[clock],
                         stopping_criteria=[_StopWhenSet(self._cancelled)], return_dict_in_generate=True,
@@ -354,6 +465,9 @@ class AnswerStream:
             if not streamed_to_the_end:
                 self._cancelled.set()
             worker.join()
+        if isinstance(outcome.get("error"), Cancelled):
+            self._stopped_before_first_token()
+            return
         if "error" in outcome:
             raise outcome["error"]
 
@@ -363,6 +477,8 @@ class AnswerStream:
             kept_visual=[torch.arange(num_visual)] * qa.shape.layers,
         )
         text_tokens = prompt.length - num_visual
+        vision_shape, (steps, tokens_per_step) = adapter.vision_shape, encoding.tokens.shape[:2]
+        patches = adapter.vision_patches_per_step(tokens_per_step)
         unreduced = len(adapter.visual_order(encoding, qa._reduced(key, AIMConfig.none())[0]))
         stats = Stats(
             num_frames=len(frames),
@@ -373,6 +489,10 @@ class AnswerStream:
             flops=prefill_flops(record.tokens_per_layer, qa.shape),
             flops_baseline=prefill_flops([unreduced + text_tokens] * qa.shape.layers, qa.shape),
             vision_seconds=qa._cache[key].vision_seconds,
+            video_decode_seconds=video_decode_seconds,
+            vision_flops=vision_flops(vision_shape, steps, patches, qa._cache[key].vision.tokens_per_layer),
+            vision_flops_baseline=vision_flops(vision_shape, steps, patches),
+            vision_tokens_per_layer=qa._cache[key].vision.tokens_per_layer,
             vision_cached=vision_cached,
             merge_seconds=merge_seconds,
             scoring_seconds=pruner.scoring_seconds,
@@ -391,6 +511,7 @@ class AnswerStream:
             merged_per_frame=merged.tokens.shape[1],
             kept_per_layer=[order[kept.cpu()] for kept in record.kept_visual],
             frames_per_step=encoding.frames_per_step,
+            vision_source=None if qa._cache[key].vision.source is None else qa._cache[key].vision.source.cpu(),
         )
         self.answer = Answer(text=self.text.strip(), stats=stats, trace=trace, config=self.config,
                              cancelled=self._cancelled.is_set() and stats.new_tokens < self.max_new_tokens)
@@ -443,6 +564,15 @@ def _metadata(frames: SampledFrames) -> VideoMetadata:
     return VideoMetadata(total_num_frames=max(round(frames.duration * frames.fps), indices[-1] + 1), fps=frames.fps,
                          duration=frames.duration, frames_indices=indices, height=frames.frames.shape[1],
                          width=frames.frames.shape[2])
+
+
+def _planned_metadata(num_frames: int, fps: float, duration: float | None) -> VideoMetadata:
+    """When the frames `estimate` plans for are taken, as `_metadata` will say of them once sampled."""
+    if not (np.isfinite(fps) and fps > 0) or (duration is not None and not (np.isfinite(duration) and duration > 0)):
+        raise SettingsError(f"fps and duration must be positive numbers, got {fps!r} and {duration!r}")
+    total = num_frames if duration is None else max(1, round(duration * fps))
+    return VideoMetadata(total_num_frames=total, fps=fps, duration=total / fps,
+                         frames_indices=frame_indices(total, num_frames).tolist())
 
 
 def _image_of(media: VideoInput) -> np.ndarray | None:

@@ -8,7 +8,7 @@ classes built from constructor arguments, and the stock `transformers` model cla
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -126,8 +126,15 @@ class LlavaOnevisionShape:
     text_kv_heads: int = 2
     text_intermediate: int = 128
     max_positions: int = 32768
+    vision_intermediate: int | None = None  # 2 x vision_hidden by default
 
 
+# llava-hf/llava-onevision-qwen2-0.5b-ov-hf's real shapes: the SigLIP-so400m tower as the checkpoint ships it (26 of
+# its 27 layers, 384 px in 14 px patches: 27 x 27 patches, pooled to 196 tokens a frame) and Qwen2-0.5B.
+LLAVA_ONEVISION_0_5B_SHAPE = LlavaOnevisionShape(
+    image_size=384, patch_size=14, vision_hidden=1152, vision_layers=26, vision_heads=16, vision_intermediate=4304,
+    text_hidden=896, text_layers=24, text_heads=14, text_kv_heads=2, text_intermediate=4864,
+)
 # A model shaped like llava-onevision-qwen2-0.5b's language model (Qwen2-0.5B), with a tiny vision tower that
 # still yields 27x27 patches, i.e. 196 visual tokens per frame after pooling, as the real model does.
 QWEN2_0_5B_SHAPE = LlavaOnevisionShape(
@@ -155,7 +162,7 @@ def build_llava_onevision(
     config = LlavaOnevisionConfig(
         vision_config=SiglipVisionConfig(
             hidden_size=shape.vision_hidden,
-            intermediate_size=shape.vision_hidden * 2,
+            intermediate_size=shape.vision_intermediate or shape.vision_hidden * 2,
             num_hidden_layers=shape.vision_layers,
             num_attention_heads=shape.vision_heads,
             image_size=shape.image_size,
@@ -230,6 +237,9 @@ class QwenVLShape:
     mrope_section: tuple[int, int, int] = (2, 3, 3)
     deepstack_layers: int = 3
     max_positions: int = 32768
+    vision_intermediate: int | None = None  # 2 x vision_hidden by default
+    vision_window: int | None = None  # Qwen2.5-VL: pixels a window's side covers (4 merged tokens by default)
+    full_attention_blocks: tuple[int, ...] = (0,)  # Qwen2.5-VL: blocks that attend across windows
 
 
 # A model shaped like Qwen2.5-VL-3B-Instruct's language model, with a tiny vision tower (14 px patches, as the
@@ -237,6 +247,13 @@ class QwenVLShape:
 QWEN2_5_VL_3B_SHAPE = QwenVLShape(
     family="qwen2_5_vl", patch_size=14, vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=2048,
     text_layers=36, text_heads=16, text_kv_heads=2, text_intermediate=11008, mrope_section=(16, 24, 24),
+)
+
+# Qwen2.5-VL-3B-Instruct's real shapes, vision tower included (its published config: 32 blocks of width 1280, MLP
+# 3420, 16 heads, windows of 112 px, full attention in blocks 7, 15, 23 and 31), for the end-to-end benchmark.
+QWEN2_5_VL_3B_REAL_SHAPE = replace(
+    QWEN2_5_VL_3B_SHAPE, vision_hidden=1280, vision_layers=32, vision_heads=16, vision_intermediate=3420,
+    vision_window=112, full_attention_blocks=(7, 15, 23, 31),
 )
 
 _QWEN_CLASSES: dict[str, tuple[type[PreTrainedConfig], type[PreTrainedModel], type[ProcessorMixin], type]] = {
@@ -267,11 +284,12 @@ def _qwen_vision_config(shape: QwenVLShape) -> dict:
               "spatial_merge_size": 2, "temporal_patch_size": 2}
     if shape.family == "qwen2_vl":
         return {**common, "embed_dim": shape.vision_hidden, "hidden_size": shape.text_hidden, "mlp_ratio": 2}
-    sized = {**common, "hidden_size": shape.vision_hidden, "intermediate_size": shape.vision_hidden * 2,
-             "out_hidden_size": shape.text_hidden}
+    sized = {**common, "hidden_size": shape.vision_hidden, "out_hidden_size": shape.text_hidden,
+             "intermediate_size": shape.vision_intermediate or shape.vision_hidden * 2}
     if shape.family == "qwen2_5_vl":
-        # windows of 2x2 merged tokens, every layer but the first windowed, as the released towers alternate
-        return {**sized, "window_size": shape.patch_size * 4, "fullatt_block_indexes": [0], "tokens_per_second": 2}
+        # windows of 2x2 merged tokens by default, every layer but the first windowed, as the released towers alternate
+        return {**sized, "window_size": shape.vision_window or shape.patch_size * 4,
+                "fullatt_block_indexes": list(shape.full_attention_blocks), "tokens_per_second": 2}
     return {**sized, "num_position_embeddings": 64, "deepstack_visual_indexes": list(range(shape.deepstack_layers))}
 
 

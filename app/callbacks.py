@@ -1,28 +1,40 @@
 """The app's event handlers: inputs from components in, values for components out. No layout here (see ui.py).
 
 Errors a user can cause (`AIMError`) are shown with the engine's message, never a traceback: in the UI as a toast
-plus a line under the answer, through the API as an error with the message. The server keeps serving.
+plus a line under the answer, through the API as an error with the message; the log gets one line. The server keeps
+serving. The model events take their inputs unprocessed by Gradio (`preprocess=False`), so that a client's bad value
+(efficiency "abc", null, NaN, frames 3.5) reaches the checks in session.py, which name the setting, instead of
+failing inside Gradio with a generic error and a traceback; `CheckedBlocks` refuses the requests Gradio cannot read at
+all the same way.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import plotly.graph_objects as go
+from gradio.exceptions import InvalidPathError
+from pydantic import ValidationError
 
-from aim_core import AIMConfig, AIMError, Answer, ModelError, VideoInfo
+from aim_core import AIMConfig, AIMError, Answer, ModelError, Stats, VideoInfo
 from aim_core.cli import answer_as_dict
 
 from . import report
 from .history import History, RunKey, RunPoint
-from .models import ModelRegistry
+from .models import ASSETS_DIR, REPO_ROOT, ModelRegistry
 from .pictures import Gallery, Pictures
-from .plots import tokens_per_layer_figure, tradeoff_figure
-from .session import PreparedVideo, Runner, check_question, check_video, config_for
+from .plots import time_figure, tokens_per_layer_figure, tradeoff_figure
+from .samples import find_samples
+from .session import PreparedVideo, Runner, check_question, check_switch, check_video, config_for, video_path
+
+log = logging.getLogger(__name__)
+STOPPED_EARLY = report.note("⏹ Stopped before the first token. Ask again when ready.")
 
 
 @dataclass
@@ -47,6 +59,8 @@ class AskOutputs:
     kept: Any = field(default_factory=gr.skip)
     layers_plot: Any = field(default_factory=gr.skip)
     tradeoff_plot: Any = field(default_factory=gr.skip)
+    time_plot: Any = field(default_factory=gr.skip)
+    vision_clusters: Any = field(default_factory=gr.skip)
     history: Any = field(default_factory=gr.skip)
     pictures: Any = field(default_factory=gr.skip)
     measured: Any = field(default_factory=gr.skip)
@@ -85,12 +99,13 @@ class Callbacks:
         return info, report.note(report.video_summary(info.duration, info.width, info.height, info.fps,
                                                       info.num_frames))
 
-    def preview(self, efficiency: float, num_frames: float, info: VideoInfo | None, question: str | None,
-                measured: Measured | None, to_last_layer: bool) -> tuple[str, go.Figure | Any]:
+    def preview(self, efficiency: object, num_frames: object, info: VideoInfo | None, question: object,
+                measured: Measured | None, to_last_layer: object,
+                vision_merge: object = True) -> tuple[str, go.Figure | Any]:
         """The live prediction for the sliders (no model run): the card and the tokens-per-layer plot."""
         try:
-            estimate = self.runner.predict(efficiency, num_frames, info, question, to_last_layer)
-            config = config_for(efficiency, to_last_layer)
+            estimate = self.runner.predict(efficiency, num_frames, info, question, to_last_layer, vision_merge)
+            config = config_for(efficiency, to_last_layer, vision_merge)
         except AIMError as error:
             return report.note(str(error), bad=True), gr.skip()
         layers = len(estimate.tokens_per_layer)
@@ -100,45 +115,54 @@ class Callbacks:
                                          shown.tokens_per_layer if shown else None, shown.label if shown else "")
         return report.prediction(estimate, config, layers), figure
 
-    def ask(self, video: str | None, question: str | None, efficiency: float, num_frames: float, compare: bool,
-            history: History, to_last_layer: bool, request: gr.Request,
+    def ask(self, video: object, question: object, efficiency: object, num_frames: object, compare: object,
+            history: History, to_last_layer: object, vision_merge: object, request: gr.Request,
             progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
         """Answer in the UI: stream the text, then (optionally) the no-reduction answer, then stats and pictures."""
+        self.runner.begin(request.session_hash)
         try:
             question = check_question(question)
-            config = config_for(efficiency, to_last_layer)
-            prepared = self.runner.prepare(video, num_frames, lambda done, text: progress(done, desc=text))
-            compare = compare and config != AIMConfig.none()
+            config = config_for(efficiency, to_last_layer, vision_merge)
+            compare = check_switch(compare, "Compare with no reduction") and config != AIMConfig.none()
+            prepared = self.runner.prepare(video_path(video), num_frames, lambda done, text: progress(done, desc=text))
             progress(0.3, desc=f"Vision tower on {len(prepared.frames)} frames (skipped if cached), then the LLM")
             answer = yield from self._streamed(
                 prepared, question, config, request, "answer",
                 baseline_answer=gr.update(value="", visible=compare), status=report.note("Answering…"))
+            if answer.stats is None:
+                yield AskOutputs(status=STOPPED_EARLY).values()
+                return
             key = RunKey(self.registry.choice.key, prepared.info.path, len(prepared.frames), question)
             if not answer.cancelled:
                 history.add(RunPoint.of(key, float(efficiency), answer))
             status = report.run_status(answer.stats, answer.cancelled)
+            stock = None
             if compare and not answer.cancelled:
                 stock = yield from self._streamed(prepared, question, AIMConfig.none(), request, "baseline_answer",
                                                   status=report.note("Now the same question with no reduction…"))
                 if not stock.cancelled:
                     history.add(RunPoint.of(key, 0.0, stock))
                     status += report.comparison(answer.stats, answer.text, stock.stats, stock.text)
-            yield self._finished(answer, float(efficiency), key, history, status, to_last_layer).values()
+            measured_baseline = stock.stats if stock is not None and not stock.cancelled else None
+            yield self._finished(answer, float(efficiency), key, history, status, to_last_layer, config,
+                                 measured_baseline).values()
         except AIMError as error:
             # A toast, and the message kept in the status line; not gr.Error, which would mark every output failed.
+            log.warning("Refused a question: %s", error)
             gr.Warning(str(error), title="Cannot answer")
             yield AskOutputs(status=report.note(str(error), bad=True)).values()
 
-    def answer_api(self, video: str | None, question: str | None, efficiency: float, frames: float,
+    def answer_api(self, video: object, question: object, efficiency: object, frames: object,
                    request: gr.Request) -> Iterator[tuple[str, dict | None]]:
         """The `answer` endpoint: (video, question, efficiency[, frames]) -> (answer text, stats); streams the text.
 
         The stats are `aim_core.cli.answer_as_dict` of the answer: its config, `Stats` and whether it was cancelled.
         """
+        self.runner.begin(request.session_hash)
         try:
             question = check_question(question)
             config = config_for(efficiency)
-            prepared = self.runner.prepare(video, frames, lambda done, text: None)
+            prepared = self.runner.prepare(video_path(video), frames, lambda done, text: None)
             stream = self.runner.stream(prepared, question, config)
             with closing(self.runner.texts(stream, prepared, request.session_hash)) as texts:
                 for text in texts:
@@ -158,7 +182,8 @@ class Callbacks:
 
     def load_model(self, key: str, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple[str, Any, str]:
         """Switch models; on failure the previous one stays loaded, and the picker and the message say so."""
-        progress(0, desc=f"Loading {key}")
+        key = {published_key(choice.key): choice.key for choice in self.registry.choices()}.get(key, key)
+        progress(0, desc=f"Loading {published_key(key)}")
         try:
             choice = self.registry.load(key)
         except ModelError as error:
@@ -179,11 +204,12 @@ class Callbacks:
         return stream.answer
 
     def _finished(self, answer: Answer, efficiency: float, key: RunKey, history: History, status: str,
-                  to_last_layer: bool) -> AskOutputs:
+                  to_last_layer: bool, config: AIMConfig, baseline: Stats | None = None) -> AskOutputs:
         stats = answer.stats
         pictures = Pictures.of(answer.trace)
         layer = pictures.first_pruned_layer()
         schedule = ", pruning until the last layer" if to_last_layer else ""
+        schedule += "" if config.vision_keep < 1 or config == AIMConfig.none() else ", stock vision tower"
         label = f"efficiency {efficiency:.2f}{schedule}, {stats.num_frames} frames"
         no_reduction = [stats.visual_tokens_before_merge + stats.text_tokens] * len(stats.tokens_per_layer)
         return AskOutputs(
@@ -196,16 +222,66 @@ class Callbacks:
             kept=pictures.kept_gallery(layer),
             layers_plot=tokens_per_layer_figure(no_reduction, measured=stats.tokens_per_layer, measured_label=label),
             tradeoff_plot=tradeoff_figure(history, key),
+            time_plot=time_figure(stats, f"efficiency {efficiency:.2f}", baseline),
+            vision_clusters=pictures.vision_gallery(),
             history=history,
             pictures=pictures,
             measured=Measured(stats.tokens_per_layer, label),
         )
 
+    def sample_video(self, name: str | None, *row: Any) -> str | Any:
+        """The video of the sample the page knows as `name` (see `published_sample`); the rest of the clicked `row`
+        (question, frames, expected answer) is already in place."""
+        videos = {published_sample(sample.video): str(sample.video) for sample in find_samples()}
+        return videos.get(name, gr.skip())
+
+    def picker_choices(self) -> list[tuple[str, str]]:
+        """The model picker's `(label, value)` entries, with published keys (see `published_key`)."""
+        return [(choice.label, published_key(choice.key)) for choice in self.registry.choices()]
+
+    def picker_value(self) -> str:
+        return published_key(self.registry.choice.key)
+
     def _picker(self) -> Any:
-        return gr.update(choices=[(choice.label, choice.key) for choice in self.registry.choices()],
-                         value=self.registry.choice.key)
+        return gr.update(choices=self.picker_choices(), value=self.picker_value())
 
 
-def _user_error(error: AIMError) -> gr.Error:
-    """The API's error: the message, and no traceback in the server's log, since nothing is wrong with the server."""
+def published_sample(video: str | Path) -> str:
+    """A sample video as the page shows it: its path under assets/."""
+    return str(Path(video).relative_to(ASSETS_DIR))
+
+
+def published_key(key: str) -> str:
+    """A model key as the page may show it: a hub id as it is, a folder relative to the repository (or by its name
+    alone when outside it), never where the server keeps it."""
+    path = Path(key)
+    if not path.is_absolute():
+        return key
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else path.name
+
+
+class CheckedBlocks(gr.Blocks):
+    """`gr.Blocks` that answers a malformed request, one Gradio refuses before any callback runs (too few inputs, a
+    video that is not an uploaded file), with an error saying what is wrong and one log line, instead of Gradio's
+    generic error and a traceback."""
+
+    async def preprocess_data(self, block_fn: Any, inputs: list[Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().preprocess_data(block_fn, inputs, *args, **kwargs)
+        except ValueError as error:  # Gradio's checks of the request raise ValueErrors (pydantic's among them)
+            if len(inputs) < len(block_fn.inputs):
+                message = f"The request has {len(inputs)} inputs; this endpoint takes {len(block_fn.inputs)}."
+            elif isinstance(error, InvalidPathError):
+                message = "A file in the request was not uploaded to this server: upload it first."
+            elif isinstance(error, ValidationError):  # the only inputs with a data model here are videos
+                message = "The video must be an uploaded file (gradio_client: handle_file(path))."
+            else:
+                message = "An input of this request is not of the kind its component takes."
+            raise _user_error(message) from None
+
+
+def _user_error(error: AIMError | str) -> gr.Error:
+    """The API's error: the message, and one line in the server's log, not a traceback: nothing is wrong with the
+    server."""
+    log.warning("Refused an API call: %s", error)
     return gr.Error(str(error), print_exception=False)

@@ -30,16 +30,25 @@ class RunPoint:
     prefill_seconds: float
     total_seconds: float
     answer: str
+    total_flops: int
+    total_flops_baseline: int
+    first_answer_seconds: float
 
     @classmethod
     def of(cls, key: RunKey, efficiency: float, answer: Answer) -> RunPoint:
         stats = answer.stats
         return cls(key, efficiency, stats.flops, stats.flops_baseline, stats.prefill_seconds, stats.total_seconds,
-                   answer.text)
+                   answer.text, stats.total_flops, stats.total_flops_baseline, stats.first_answer_seconds)
 
     @property
     def flops_fraction(self) -> float:
+        """Prefill FLOPs against no reduction's."""
         return self.flops / self.flops_baseline
+
+    @property
+    def total_flops_fraction(self) -> float:
+        """Vision + prefill FLOPs against no reduction's."""
+        return self.total_flops / self.total_flops_baseline
 
     @property
     def is_baseline(self) -> bool:
@@ -69,6 +78,14 @@ class History:
         if baseline is None or not baseline.prefill_seconds:
             return None
         return point.prefill_seconds / baseline.prefill_seconds
+
+    def first_answer_fraction(self, point: RunPoint) -> float | None:
+        """`point`'s wait for a first answer (frames, vision, merge, prefill) over the no-reduction run's; None while
+        that is unknown."""
+        baseline = self.baseline(point.key)
+        if baseline is None or not baseline.first_answer_seconds:
+            return None
+        return point.first_answer_seconds / baseline.first_answer_seconds
 
 
 def same_answer(first: str, second: str) -> bool:

@@ -7,10 +7,11 @@ The picker's list is `HUB_MODELS`: adding a model family's checkpoints is one li
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -106,11 +107,19 @@ class ModelRegistry:
         self._lock = threading.Lock()
 
     @classmethod
-    def start(cls, key: str | None = None) -> ModelRegistry:
-        """Load `key` (a hub id or folder), or the offline default when it is None. Raises ModelError."""
+    def start(cls, key: str | None = None, fall_back: bool = False) -> ModelRegistry:
+        """Load `key` (a hub id or folder), or the offline default when it is None. Raises ModelError, unless
+        `fall_back`: then a model that cannot be loaded is replaced by the offline default, whose note says why."""
         default = offline_default()
         choice = choice_for(key) if key else default
-        return cls(default, choice, load_videoqa(choice))
+        try:
+            return cls(default, choice, load_videoqa(choice))
+        except ModelError as error:
+            if not fall_back or choice == default:
+                raise
+            default = replace(default, note=f"{choice.label} could not be loaded, so the offline model answers: "
+                                            f"{error} {default.note}", warning=True)
+            return cls(default, default, load_videoqa(default))
 
     def choices(self) -> list[ModelChoice]:
         """The picker's entries: the offline default, the loaded model if it is another one, the hub models."""
@@ -121,7 +130,7 @@ class ModelRegistry:
 
     def load(self, key: str) -> ModelChoice:
         """Switch to the model `key`; nothing happens if it is already loaded. Raises ModelError."""
-        choice = choice_for(key)
+        choice = self.default if key == self.default.key else choice_for(key)
         with self._lock:
             if choice != self.choice:
                 self.qa = load_videoqa(choice)
@@ -184,7 +193,10 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def _check_memory(folder: Path, label: str) -> None:
     """ModelError if the weights in `folder` cannot fit in free memory (loading them would kill the process)."""
     weights = sum(path.stat().st_size for path in folder.glob("*.safetensors"))
-    if torch.cuda.is_available():
+    if os.environ.get("SPACES_ZERO_GPU"):
+        # ZeroGPU attaches a GPU only while a request runs, and keeps the 16-bit weights in host memory meanwhile.
+        needed, free, where = weights, psutil.virtual_memory().available, "memory"
+    elif torch.cuda.is_available():
         needed, free, where = weights, torch.cuda.mem_get_info()[0], "GPU memory"
     else:
         # On the CPU the weights are loaded in float32: twice a 16-bit checkpoint's size.

@@ -24,18 +24,20 @@ class Pictures:
         timestamps: [T] seconds into the video.
         clusters: [T, rows, cols] merged token of every original token, within its frame.
         kept: bool [layers, T, rows, cols] whether each original token's merged token reached that layer.
+        vision_clusters: [T, side, side] the token every patch was merged into inside the vision tower, or None.
     """
 
     frames: np.ndarray
     timestamps: np.ndarray
     clusters: np.ndarray
     kept: np.ndarray
+    vision_clusters: np.ndarray | None = None
 
     @classmethod
     def of(cls, trace: Trace) -> Pictures:
         frames = np.stack([fit(frame, DISPLAY_SIDE) for frame in trace.frames.frames])
         kept = np.stack([trace.kept_patches(layer) for layer in range(len(trace.kept_per_layer))])
-        return cls(frames, np.asarray(trace.frames.timestamps), trace.clusters(), kept)
+        return cls(frames, np.asarray(trace.frames.timestamps), trace.clusters(), kept, trace.vision_clusters())
 
     @property
     def num_layers(self) -> int:
@@ -52,6 +54,17 @@ class Pictures:
         return [
             (cluster_overlay(frame, clusters), f"{self._when(t)} · {tokens}→{len(np.unique(clusters))}")
             for t, (frame, clusters) in enumerate(zip(self.frames, self.clusters, strict=True))
+        ]
+
+    def vision_gallery(self) -> Gallery:
+        """Each frame with the patches merged inside the vision tower, captioned "time · patches before → after";
+        empty when the tower ran whole."""
+        if self.vision_clusters is None:
+            return []
+        patches = self.vision_clusters[0].size
+        return [
+            (cluster_overlay(frame, clusters), f"{self._when(t)} · {patches}→{len(np.unique(clusters))}")
+            for t, (frame, clusters) in enumerate(zip(self.frames, self.vision_clusters, strict=True))
         ]
 
     def kept_gallery(self, layer: int) -> Gallery:

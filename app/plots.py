@@ -1,4 +1,5 @@
-"""Plotly figures: tokens per LLM layer, and the cost/agreement trade-off of a session's runs."""
+"""Plotly figures: tokens per LLM layer, where an answer's time went, and the cost/agreement trade-off of a session's
+runs."""
 
 from __future__ import annotations
 
@@ -6,9 +7,20 @@ from html import escape
 
 import plotly.graph_objects as go
 
+from aim_core import Stats
+
 from .history import History, RunKey, RunPoint
 
 INDIGO, AMBER, GREEN, RED, GREY = "#4f46e5", "#f59e0b", "#16a34a", "#dc2626", "#9ca3af"
+TEAL, PINK = "#0d9488", "#db2777"
+# (name, colour, seconds of a stage of the first answer about a video) in the order a question runs through them.
+STAGES = (
+    ("decode frames", GREY, lambda stats: stats.video_decode_seconds),
+    ("vision tower", TEAL, lambda stats: stats.vision_seconds),
+    ("merge", AMBER, lambda stats: stats.merge_seconds),
+    ("LLM prefill", INDIGO, lambda stats: stats.prefill_seconds),
+    ("generation", PINK, lambda stats: stats.decode_seconds),
+)
 # (legend name, marker symbol, colour) of a run's agreement with the no-reduction answer.
 AGREEMENT_MARKERS = {
     True: ("same answer as no reduction", "circle", GREEN),
@@ -34,11 +46,43 @@ def tokens_per_layer_figure(no_reduction: list[int], predicted: list[int] | None
     return figure
 
 
+def time_figure(stats: Stats, label: str, baseline: Stats | None = None) -> go.Figure:
+    """Where the time of a first question about a video goes, stage by stage, next to no reduction.
+
+    The vision tower's time is what encoding these frames took, also when this answer found them in the cache (a
+    follow-up question skips it). Without a measured no-reduction run, its bar is this run's stages scaled by the
+    FLOPs each would take unreduced (vision and prefill; the rest as measured), and says so.
+    """
+    if baseline is None:
+        baseline_label = "no reduction (predicted from FLOPs)"
+        scale = {"vision tower": stats.vision_flops_baseline / max(stats.vision_flops, 1),
+                 "LLM prefill": stats.flops_baseline / max(stats.flops, 1), "merge": 0.0}
+        baseline_seconds = [scale.get(name, 1.0) * seconds(stats) for name, _, seconds in STAGES]
+    else:
+        baseline_label = "no reduction (measured)"
+        baseline_seconds = [seconds(baseline) for _, _, seconds in STAGES]
+    rows = [baseline_label, label]
+    figure = go.Figure()
+    for (name, colour, seconds), unreduced in zip(STAGES, baseline_seconds):
+        values = [unreduced, seconds(stats)]
+        figure.add_bar(y=rows, x=values, name=name, orientation="h", marker_color=colour,
+                       hovertemplate=f"{name}: %{{x:.2f}} s<extra>%{{y}}</extra>")
+    total, unreduced_total = (sum(values) for values in
+                              ([seconds(stats) for _, _, seconds in STAGES], baseline_seconds))
+    figure.add_annotation(text=f"{unreduced_total / max(total, 1e-9):.1f}× faster end to end", x=total, y=label,
+                          xanchor="left", showarrow=False, font={"size": 14, "color": INDIGO}, xshift=6)
+    figure.update_layout(barmode="stack", xaxis_title="seconds (first question about the video)",
+                         **_layout("Where the time went"))
+    return figure
+
+
 def tradeoff_figure(history: History, current: RunKey | None) -> go.Figure:
     """Cost against efficiency for every run of the session; the current question's runs in colour.
 
-    FLOPs are analytic and always known; prefill time and agreement need the no-reduction run of the same question
-    (efficiency 0, or "Compare with no reduction"), so they appear once that has run.
+    FLOPs are analytic and always known, of the prefill alone (as the paper counts) and of the vision tower and the
+    prefill together (what a first question pays for). Times and agreement need the no-reduction run of the same
+    question (efficiency 0, or "Compare with no reduction"), so they appear once that has run: the prefill's, and the
+    whole wait of a first question (frames, vision tower, merge, prefill).
     """
     figure = go.Figure()
     others = [point for point in history.points if point.key != current]
@@ -49,7 +93,10 @@ def tradeoff_figure(history: History, current: RunKey | None) -> go.Figure:
     runs = sorted((point for point in history.points if point.key == current), key=lambda p: p.efficiency)
     if runs:
         figure.add_scatter(x=[p.efficiency for p in runs], y=[100 * p.flops_fraction for p in runs], mode="lines",
-                           name="FLOPs", line={"color": INDIGO, "width": 2}, hoverinfo="skip")
+                           name="prefill FLOPs", line={"color": INDIGO, "width": 2}, hoverinfo="skip")
+        figure.add_scatter(x=[p.efficiency for p in runs], y=[100 * p.total_flops_fraction for p in runs],
+                           mode="lines", name="vision + prefill FLOPs", line={"color": TEAL, "width": 2},
+                           hovertemplate="efficiency %{x:.2f}<br>vision + prefill FLOPs %{y:.0f}%<extra></extra>")
         latency = [(p, fraction) for p in runs if (fraction := history.prefill_fraction(p)) is not None]
         if latency:
             figure.add_scatter(x=[p.efficiency for p, _ in latency], y=[100 * f for _, f in latency],
@@ -57,6 +104,14 @@ def tradeoff_figure(history: History, current: RunKey | None) -> go.Figure:
                                line={"color": AMBER, "width": 2, "dash": "dot"},
                                customdata=[p.prefill_seconds for p, _ in latency],
                                hovertemplate="efficiency %{x:.2f}<br>prefill %{y:.0f}% (%{customdata:.3f} s)"
+                                             "<extra></extra>")
+        waits = [(p, fraction) for p in runs if (fraction := history.first_answer_fraction(p)) is not None]
+        if waits:
+            figure.add_scatter(x=[p.efficiency for p, _ in waits], y=[100 * f for _, f in waits],
+                               mode="lines+markers", name="first answer, end to end",
+                               line={"color": PINK, "width": 2, "dash": "dot"},
+                               customdata=[p.first_answer_seconds for p, _ in waits],
+                               hovertemplate="efficiency %{x:.2f}<br>first answer %{y:.0f}% (%{customdata:.2f} s)"
                                              "<extra></extra>")
         for agreement, (name, symbol, colour) in AGREEMENT_MARKERS.items():
             group = [p for p in runs if history.agrees(p) is agreement]

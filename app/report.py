@@ -39,11 +39,20 @@ def prediction(estimate: CostEstimate, config: AIMConfig, num_layers: int) -> st
             gone = f"none left from layer {empty[0]}" if empty else "some kept to the last layer"
             pruning = f"pruned from layer {pruned[0]}, {gone}"
         plan = f"Merging keeps {config.merge_keep:.0%} of each frame's tokens; {pruning} of {num_layers}."
+    if estimate.vision_flops < estimate.vision_flops_baseline:
+        plan += f" The vision tower merges each frame's patches to {config.vision_keep:.0%}."
+    whole = ""
+    if estimate.vision_flops_baseline:
+        vision_share = estimate.vision_flops_baseline / estimate.total_flops_baseline
+        whole = (f"<div>Whole first answer (vision tower + prefill): <b>{flops_text(estimate.total_flops)}</b>, "
+                 f"<b>{estimate.total_reduction:.1f}×</b> fewer than no reduction, where the vision tower is "
+                 f"{vision_share:.0%} of the cost</div>")
     return (
         '<div class="aim-prediction"><div class="aim-prediction-title">Predicted for this setting</div>'
         f"<div><b>{estimate.visual_before_merge:,} → {estimate.visual_after_merge:,}</b> visual tokens after "
         f"merging · <b>{flops_text(estimate.flops)}</b> prefill, "
         f"<b>{estimate.flops_reduction:.1f}×</b> fewer than no reduction ({flops_text(estimate.flops_baseline)})</div>"
+        f"{whole}"
         f'<div class="aim-muted">{escape(plan)} {estimate.num_frames} frames.</div></div>'
     )
 
@@ -55,15 +64,20 @@ def stats_cards(stats: Stats) -> str:
                        f"KV cache {bytes_text(stats.kv_cache_bytes)}")
     else:
         memory = _card("KV cache", bytes_text(stats.kv_cache_bytes), "peak memory is measured on GPU only")
-    vision = ("cached", "reused: only the LLM ran") if stats.vision_cached else (
-        seconds_text(stats.vision_seconds), f"{stats.num_frames} frames, now cached")
+    vision_share = f"{stats.vision_seconds / max(stats.first_answer_seconds, 1e-9):.0%} of a first answer"
+    vision_cut = stats.vision_flops_baseline / max(stats.vision_flops, 1)
+    if vision_cut > 1:
+        vision_share += f" · {vision_cut:.1f}× fewer FLOPs"
+    vision = ("cached", f"reused: only the LLM ran ({seconds_text(stats.vision_seconds)} when encoded)") \
+        if stats.vision_cached else (seconds_text(stats.vision_seconds), vision_share)
     speed = f"{stats.new_tokens} tokens"
     if stats.decode_tokens_per_second:
         speed += f" · {stats.decode_tokens_per_second:.0f} tokens/s"
     cards = [
         _card("Visual tokens", f"{stats.visual_tokens_before_merge:,} → {stats.visual_tokens_after_merge:,}",
               "before → after merging"),
-        _card("Prefill compute", flops_text(stats.flops), f"{stats.flops_reduction:.1f}× fewer than no reduction"),
+        _card("Compute", flops_text(stats.total_flops),
+              f"vision + prefill, {stats.total_reduction:.1f}× fewer · prefill alone {stats.flops_reduction:.1f}×"),
         _card("First token", seconds_text(stats.time_to_first_token), f"prefill {seconds_text(stats.prefill_seconds)}"),
         _card("Total", seconds_text(stats.total_seconds), speed),
         _card("Vision tower", *vision),
@@ -86,9 +100,10 @@ def run_status(stats: Stats, cancelled: bool) -> str:
 
 
 def comparison(aim: Stats, aim_answer: str, stock: Stats, stock_answer: str) -> str:
-    """AIM against no reduction on the same frames and question: the prefill (what AIM shortens) and the speed of
-    decoding (faster with a pruned KV cache). Total times are not compared: the first run also ran the vision tower,
-    and two answers of different lengths take different times to decode."""
+    """AIM against no reduction on the same frames and question: the prefill (what AIM shortens), the whole wait of
+    a first question (frames, vision tower, merge, prefill; each setting's vision time is that of its own encoding,
+    also when it came from the cache), and the speed of decoding (faster with a pruned KV cache). Total times are
+    not compared: two answers of different lengths take different times to decode."""
     agree = same_answer(aim_answer, stock_answer)
     verdict = ('<span class="aim-agree">✓ same answer</span>' if agree
                else '<span class="aim-differ">✗ different answers</span>')
@@ -96,11 +111,14 @@ def comparison(aim: Stats, aim_answer: str, stock: Stats, stock_answer: str) -> 
     if aim.decode_tokens_per_second and stock.decode_tokens_per_second:
         decoding = (f"decoding at {aim.decode_tokens_per_second:.0f} vs {stock.decode_tokens_per_second:.0f} "
                     "tokens/s, ")
+    aim_wait, stock_wait = aim.first_answer_seconds, stock.first_answer_seconds
     return (
         '<div class="aim-status aim-compare">'
-        f"<b>{stock.prefill_seconds / max(aim.prefill_seconds, 1e-9):.1f}× faster prefill</b> "
+        f"<b>{stock_wait / max(aim_wait, 1e-9):.1f}× faster first answer end to end</b> "
+        f"({seconds_text(aim_wait)} vs {seconds_text(stock_wait)}), "
+        f"{stock.prefill_seconds / max(aim.prefill_seconds, 1e-9):.1f}× faster prefill "
         f"({seconds_text(aim.prefill_seconds)} vs {seconds_text(stock.prefill_seconds)} with no reduction), "
-        f"{decoding}{aim.flops_reduction:.1f}× fewer FLOPs · {verdict}</div>"
+        f"{decoding}{aim.total_reduction:.1f}× fewer FLOPs · {verdict}</div>"
     )
 
 

@@ -6,6 +6,8 @@ Every failure a user can cause raises an `AIMError` subclass whose message says 
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import threading
 import time
@@ -28,6 +30,7 @@ from aim_core import (
     VideoInfo,
     probe_video,
 )
+from aim_core.qa import MAX_QUESTION_CHARS
 
 from .models import ModelRegistry
 
@@ -35,6 +38,7 @@ Progress = Callable[[float, str], None]
 DEFAULT_FRAME_SIZE = (384, 384)  # (height, width) assumed for the prediction before a video is chosen
 PREVIEW_QUESTION = "What happens in this video?"  # stands in for the question's length while none is typed
 STREAM_INTERVAL = 0.05  # seconds between looks at a growing answer
+SHOWN_VALUE_CHARS = 40  # of a refused value, quoted in the message
 
 
 @dataclass(frozen=True)
@@ -58,10 +62,29 @@ class PreparedVideo:
     decode_seconds: float
 
 
-def check_question(question: str | None) -> str:
-    if not question or not question.strip():
+# The checks below take inputs as any client may send them (Gradio hands them over unprocessed): each refuses a value
+# of the wrong type, NaN or out of range with a message that names the setting.
+
+
+def check_question(question: object) -> str:
+    if question is None or (isinstance(question, str) and not question.strip()):
         raise QuestionError("Type a question about the video first.")
+    if not isinstance(question, str):
+        raise QuestionError(f"The question must be text, got {_shown(question)}.")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise QuestionError(f"The question is {len(question):,} characters long; the limit is "
+                            f"{MAX_QUESTION_CHARS:,}. Shorten it.")
     return question.strip()
+
+
+def video_path(video: object) -> str | None:
+    """The file of a video input: Gradio's file record (already checked to be an upload or a served file), or a
+    path."""
+    if isinstance(video, dict):
+        video = video.get("path")
+    if video is not None and not isinstance(video, str):
+        raise VideoError(f"The video must be an uploaded file, got {_shown(video)}.")
+    return video
 
 
 def check_video(path: str | None, limits: Limits) -> VideoInfo:
@@ -85,44 +108,78 @@ def check_video(path: str | None, limits: Limits) -> VideoInfo:
     return info
 
 
-def check_frames(num_frames: float, limits: Limits) -> int:
-    if num_frames is None or not limits.min_frames <= num_frames <= limits.max_frames:
-        raise SettingsError(f"Frames must be from {limits.min_frames} to {limits.max_frames}, got {num_frames}.")
+def check_frames(num_frames: object, limits: Limits) -> int:
+    if not (_is_number(num_frames) and limits.min_frames <= num_frames <= limits.max_frames
+            and num_frames == int(num_frames)):
+        raise SettingsError(f"Frames must be a whole number from {limits.min_frames} to {limits.max_frames}, got "
+                            f"{_shown(num_frames)}.")
     return int(num_frames)
 
 
-def config_for(efficiency: float | None, to_last_layer: bool = False) -> AIMConfig:
+def check_efficiency(efficiency: object) -> float:
+    if not (_is_number(efficiency) and 0 <= efficiency <= 1):
+        raise SettingsError(f"Efficiency must be a number from 0 to 1, got {_shown(efficiency)}.")
+    return float(efficiency)
+
+
+def check_switch(value: object, label: str) -> bool:
+    """A checkbox's value; `label` names it in the message."""
+    if not isinstance(value, bool):
+        raise SettingsError(f'"{label}" must be true or false, got {_shown(value)}.')
+    return value
+
+
+def config_for(efficiency: object, to_last_layer: object = False, vision_merge: object = True) -> AIMConfig:
     """The AIM setting of the efficiency slider (SettingsError outside [0, 1]). With `to_last_layer`, pruning keeps
     some visual tokens down to the last layer instead of none from about 3/4 of the depth on: shallow models, like
-    the demo model, still read the video there."""
-    config = AIMConfig.from_efficiency(efficiency)
-    return config.pruning_until_last_layer() if to_last_layer else config
+    the demo model, still read the video there. Without `vision_merge`, the vision tower runs whole: the paper's
+    method alone."""
+    config = AIMConfig.from_efficiency(check_efficiency(efficiency))
+    if check_switch(to_last_layer, "Prune until the last layer"):
+        config = config.pruning_until_last_layer()
+    return config if check_switch(vision_merge, "Merge inside the vision tower") else config.paper()
+
+
+def _is_number(value: object) -> bool:
+    """A finite int or float (not a bool, which JSON clients mean as a switch)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shown(value: object) -> str:
+    """`value` as the JSON a client sent, cut short."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= SHOWN_VALUE_CHARS else text[: SHOWN_VALUE_CHARS - 1] + "…"
 
 
 class Runner:
     """Runs questions on the registry's model; one at a time (the app's queue makes sure of it).
 
     The engine keeps recent videos' frames and vision features, so a follow-up question, or the same one at another
-    efficiency, runs the LLM only. Keeps each session's running stream so that its Stop button can end generation at
-    the next token.
+    efficiency, runs the LLM only. Keeps each session's running stream so that its Stop button can end it: in the
+    vision tower or the prefill before their next layer, in generation at the next token.
     """
 
     def __init__(self, registry: ModelRegistry, limits: Limits = Limits()) -> None:
         self.registry = registry
         self.limits = limits
         self._running: dict[str, AnswerStream] = {}
+        self._asking: set[str] = set()  # sessions from `begin` to the end of their stream
+        self._stop_asked: set[str] = set()  # sessions whose Stop came while their run was still decoding frames
         self._running_lock = threading.Lock()
 
-    def predict(self, efficiency: float, num_frames: float, info: VideoInfo | None, question: str | None,
-                to_last_layer: bool = False) -> CostEstimate:
+    def predict(self, efficiency: object, num_frames: object, info: VideoInfo | None, question: object,
+                to_last_layer: object = False, vision_merge: object = True) -> CostEstimate:
         """The cost of a setting before anything runs (no model call): what the slider previews."""
         frames = check_frames(num_frames, self.limits)
         frame_size = (info.height, info.width) if info else DEFAULT_FRAME_SIZE
-        return self.registry.qa.estimate(config_for(efficiency, to_last_layer),
+        typed = question.strip() if isinstance(question, str) else ""
+        # The video's frame rate and length say when its frames are taken (Qwen3-VL writes the times in the prompt).
+        timing = {"fps": info.fps, "duration": info.duration} if info else {}
+        return self.registry.qa.estimate(config_for(efficiency, to_last_layer, vision_merge),
                                          min(frames, info.num_frames) if info else frames, frame_size,
-                                         (question or "").strip() or PREVIEW_QUESTION)
+                                         typed or PREVIEW_QUESTION, **timing)
 
-    def prepare(self, path: str | None, num_frames: float, progress: Progress) -> PreparedVideo:
+    def prepare(self, path: str | None, num_frames: object, progress: Progress) -> PreparedVideo:
         """Check the video and decode its frames (the engine keeps them for the next question on this video)."""
         info = check_video(path, self.limits)
         frames_wanted = check_frames(num_frames, self.limits)
@@ -147,8 +204,8 @@ class Runner:
         consumer (a browser far away) neither slows generation down nor inflates the measured times. The first
         step runs the vision tower (unless the model has these frames cached) and the prefill. The answer's time to
         first token and total time include decoding the frames, as a user waits for that too. Closing this
-        iterator early (Gradio closes the callback's when its event is cancelled) stops generation at the next token
-        and frees the model for the next run.
+        iterator early (Gradio closes the callback's when its event is cancelled) stops the run at the next layer or
+        token and frees the model for the next run.
         """
         failures: list[BaseException] = []
 
@@ -161,6 +218,9 @@ class Runner:
 
         with self._running_lock:
             self._running[session] = stream
+            if session in self._stop_asked:
+                self._stop_asked.discard(session)
+                stream.cancel()
         worker = threading.Thread(target=consume, daemon=True)
         worker.start()
         shown = ""
@@ -176,16 +236,27 @@ class Runner:
                 worker.join()
             with self._running_lock:
                 self._running.pop(session, None)
+                self._asking.discard(session)
         if failures:
             with _memory_errors():
                 raise failures[0]
-        stream.answer.stats.time_to_first_token += video.decode_seconds
-        stream.answer.stats.total_seconds += video.decode_seconds
+        if stream.answer.stats is not None:  # None when stopped before the first token
+            stream.answer.stats.time_to_first_token += video.decode_seconds
+            stream.answer.stats.total_seconds += video.decode_seconds
+
+    def begin(self, session: str) -> None:
+        """A new question of `session` starts: a Stop pressed before it is not meant for it."""
+        with self._running_lock:
+            self._stop_asked.discard(session)
+            self._asking.add(session)
 
     def cancel(self, session: str) -> bool:
-        """Stop the generation running for `session`, if any; True if there was one."""
+        """Stop the run of `session`: the stream running (True), or else, if it has begun a question, the stream
+        that question starts (False), so that a Stop pressed while the frames decode is not lost."""
         with self._running_lock:
             stream = self._running.get(session)
+            if stream is None and session in self._asking:
+                self._stop_asked.add(session)
         if stream is not None:
             stream.cancel()
         return stream is not None

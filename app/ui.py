@@ -13,8 +13,8 @@ import gradio as gr
 
 from aim_core.config import DEFAULT_EFFICIENCY
 
-from . import report
-from .callbacks import AskOutputs, Callbacks
+from . import report, space
+from .callbacks import AskOutputs, Callbacks, CheckedBlocks, published_sample
 from .history import History
 from .models import ASSETS_DIR
 from .plots import tradeoff_figure
@@ -28,6 +28,9 @@ GALLERY_HELP = {
                 "colour) and an outline. Click a frame to browse them all.",
     "kept": "The tokens the chosen LLM layer still processed; the dropped ones are grey. Pruning starts halfway "
             "down the model and removes visual tokens layer by layer.",
+    "vision": "Inside the vision tower, before all of the above: the patches merged into one token there share a "
+              "tint. Each patch leaves the tower with its token's value, so the tower's output grid is whole. Empty "
+              "when the tower ran whole (efficiency 0, \"Merge inside the vision tower\" off, or a Qwen model).",
 }
 CSS = """
 .aim-header { padding: 4px 2px 0; }
@@ -60,9 +63,10 @@ CSS = """
 def build_app(runner: Runner) -> gr.Blocks:
     """The whole app over `runner` (the loaded model, its caches and limits), with its queue set up."""
     callbacks = Callbacks(runner)
+    ask_on_gpu, answer_on_gpu = space.gpu_callbacks(callbacks)  # ZeroGPU on a Space
     registry = runner.registry
     samples = example_rows(find_samples(), DEFAULT_FRAMES)
-    with gr.Blocks(title="AIM Video QA", delete_cache=(3600, 6 * 3600)) as demo:
+    with CheckedBlocks(title="AIM Video QA", delete_cache=(3600, 6 * 3600)) as demo:
         history = gr.State(History())
         pictures = gr.State(None)
         measured = gr.State(None)
@@ -73,19 +77,24 @@ def build_app(runner: Runner) -> gr.Blocks:
             with gr.Column(scale=5, min_width=340):
                 video = gr.Video(label="Video", sources=["upload"], include_audio=True, height=270, elem_id="video")
                 video_note = gr.HTML(report.note("No video at hand? Pick a sample below.") if samples else "")
-                question = gr.Textbox(label="Question", lines=2, max_length=2000, elem_id="question",
+                question = gr.Textbox(label="Question", lines=2, elem_id="question",  # too long: refused, not cut
                                       placeholder="What do you want to know about the video?")
                 expected = gr.Textbox(label="Expected answer (the sample's ground truth)", interactive=False,
                                       visible=bool(samples), elem_id="expected")
                 frames = gr.Slider(runner.limits.min_frames, runner.limits.max_frames, value=DEFAULT_FRAMES, step=8,
                                    label="Frames", info="spread evenly over the whole video", elem_id="frames")
                 efficiency = gr.Slider(0, 1, value=DEFAULT_EFFICIENCY, step=0.05, label="Efficiency",
-                                       info="0 = the stock model · 0.75 = the paper's setting · 1 = most aggressive",
+                                       info="0 = the stock model · 0.75 = the paper's LLM setting, plus merging inside "
+                                            "the vision tower · 1 = most aggressive",
                                        elem_id="efficiency")
                 to_last_layer = gr.Checkbox(label="Prune until the last layer", elem_id="to-last-layer",
                                             info="Keep some visual tokens down to the LLM's last layer instead of "
                                                  "none from 3/4 of its depth on: a little more cost, better answers "
                                                  "from shallow models such as the demo model.")
+                vision_merge = gr.Checkbox(value=True, label="Merge inside the vision tower", elem_id="vision-merge",
+                                           info="From efficiency 0.25, the vision tower's blocks also run on merged "
+                                                "patches: most of the wait for models up to a few billion "
+                                                "parameters. Off: the paper's method alone, the stock tower.")
                 prediction = gr.HTML(elem_id="prediction")
                 compare = gr.Checkbox(label="Compare with no reduction", elem_id="compare",
                                       info="Also runs the stock model: both answers side by side, with the speedup. "
@@ -95,8 +104,7 @@ def build_app(runner: Runner) -> gr.Blocks:
                     stop = gr.Button("Stop", variant="stop", scale=1, elem_id="stop")
                 with gr.Accordion("Model", open=False):
                     model = gr.Dropdown(label="Model", elem_id="model",
-                                        choices=[(choice.label, choice.key) for choice in registry.choices()],
-                                        value=registry.choice.key,
+                                        choices=callbacks.picker_choices(), value=callbacks.picker_value(),
                                         info="Hub models are downloaded on first use, if the hub can be reached.")
                     load = gr.Button("Load model", elem_id="load-model")
                     model_note = gr.HTML()
@@ -118,9 +126,21 @@ def build_app(runner: Runner) -> gr.Blocks:
                         layer = gr.Slider(0, 1, value=0, step=1, label="LLM layer", elem_id="layer")
                         kept = gr.Gallery(show_label=False, columns=4, height=360, object_fit="contain",
                                           format="jpeg", buttons=["download", "fullscreen"], elem_id="kept")
+                    with gr.Tab("Merged in the vision tower"):
+                        gr.Markdown(GALLERY_HELP["vision"])
+                        vision_clusters = gr.Gallery(show_label=False, columns=4, height=420, object_fit="contain",
+                                                     format="jpeg", buttons=["download", "fullscreen"],
+                                                     elem_id="vision-clusters")
+                    with gr.Tab("Where the time went"):
+                        time_plot = gr.Plot(show_label=False, elem_id="time")
         if samples:
             with gr.Accordion("Samples: videos with suggested questions and their answers", open=True):
-                gr.Examples(samples, inputs=[video, question, frames, expected], label=None, examples_per_page=4)
+                # The page gets each sample's name, never its file on the server: a click loads the video by name.
+                sample = gr.Textbox(label="Sample", visible=False)
+                gr.Examples([[published_sample(row[0]), *row[1:]] for row in samples],
+                            inputs=[sample, question, frames, expected], outputs=[video], fn=callbacks.sample_video,
+                            run_on_click=True, cache_examples=False, label=None, examples_per_page=4,
+                            api_visibility="private")
             # A question or video of one's own has no known answer.
             for edited in (question.input, video.upload):
                 edited(None, None, expected, js="() => ''", api_visibility="private")
@@ -134,31 +154,37 @@ def build_app(runner: Runner) -> gr.Blocks:
         ask_outputs: dict[str, Any] = {
             "answer": answer, "baseline_answer": baseline_answer, "status": status, "stats_cards": stats_cards,
             "stats_json": stats_json, "clusters": clusters, "layer": layer, "kept": kept,
-            "layers_plot": layers_plot, "tradeoff_plot": tradeoff_plot, "history": history,
+            "layers_plot": layers_plot, "tradeoff_plot": tradeoff_plot, "time_plot": time_plot,
+            "vision_clusters": vision_clusters, "history": history,
             "pictures": pictures, "measured": measured,
         }
         private = {"api_visibility": "private"}
         preview = {"fn": callbacks.preview,
-                   "inputs": [efficiency, frames, video_info, question, measured, to_last_layer],
-                   "outputs": [prediction, layers_plot], "queue": False, "show_progress": "hidden", **private}
+                   "inputs": [efficiency, frames, video_info, question, measured, to_last_layer, vision_merge],
+                   "outputs": [prediction, layers_plot], "queue": False, "show_progress": "hidden",
+                   "preprocess": False, **private}
 
         demo.load(callbacks.page_loaded, None, [header, model], queue=False, **private).then(**preview)
         video.change(callbacks.video_changed, [video], [video_info, video_note], queue=False, **private).then(
             **preview)
-        for setting in (efficiency, frames, to_last_layer):
+        for setting in (efficiency, frames, to_last_layer, vision_merge):
             setting.change(trigger_mode="always_last", **preview)
 
-        asking = {"fn": callbacks.ask, "inputs": [video, question, efficiency, frames, compare, history, to_last_layer],
+        asking = {"fn": ask_on_gpu,
+                  "inputs": [video, question, efficiency, frames, compare, history, to_last_layer, vision_merge],
                   "outputs": [ask_outputs[name] for name in AskOutputs.names()], "concurrency_id": MODEL_RUNS,
-                  "show_progress_on": [answer], **private}
+                  "show_progress_on": [answer], "preprocess": False, **private}
         runs = [ask.click(**asking), question.submit(**asking)]
-        stop.click(callbacks.stop, None, [status], cancels=runs, queue=False, **private)
+        # Two listeners: Gradio's cancel waits for the run's thread to yield, so the stop that reaches the model
+        # (between layers of the vision tower or the prefill) must not wait for it.
+        stop.click(callbacks.stop, None, [status], queue=False, **private)
+        stop.click(None, cancels=runs, **private)
         layer.input(callbacks.layer_changed, [layer, pictures], [kept], trigger_mode="always_last",
                     show_progress="hidden", **private)
         load.click(callbacks.load_model, [model], [header, model, model_note], concurrency_id=MODEL_RUNS,
                    show_progress_on=[model], **private).then(**preview)
-        api_trigger.click(callbacks.answer_api, [video, question, efficiency, frames], [answer, stats_json],
-                          api_name="answer", concurrency_id=MODEL_RUNS)
+        api_trigger.click(answer_on_gpu, [video, question, efficiency, frames], [answer, stats_json],
+                          api_name="answer", concurrency_id=MODEL_RUNS, preprocess=False)
     demo.queue(default_concurrency_limit=1, max_size=64)
     return demo
 

@@ -111,9 +111,11 @@ STAGES = (
 def build(seed: int) -> tuple[LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor]:
     """A randomly initialised model of SHAPE with a tokenizer trained on every word the questions use."""
     texts = sorted({q.text for s in split_seeds("train", 300) for q in questions(make_scene(s))})
-    # Repeated so that every answer and the chat roles become single tokens.
-    words = " ".join([*COLOURS, *SHAPES, *DIRECTIONS, *NUMBERS, "yes", "no", "user", "assistant"])
-    tokenizer = build_tokenizer([*texts, *[words] * 50], vocab_size=400)
+    # Repeated so that every word is one token both inside a question (" red") and where no space precedes it: an
+    # answer follows the generation prompt's newline ("red"), a chat role its <|im_start|>. Answers that share a
+    # first token ("r" of "ring" and "right") would leave the choice to a later token, which must look again.
+    words = [*COLOURS, *SHAPES, *DIRECTIONS, *NUMBERS, "yes", "no", "user", "assistant"]
+    tokenizer = build_tokenizer([*texts, *[" ".join(words)] * 50, *words * 50], vocab_size=400)
     return build_llava_onevision(SHAPE, tokenizer, seed=seed)
 
 

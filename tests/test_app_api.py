@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -77,7 +80,7 @@ def test_no_reduction_is_the_stock_model(client, video):
     (b"", "empty.webm", QUESTION, 0.75, "empty"),
     (b"just text\n", "notes.mkv", QUESTION, 0.75, "not a readable video"),
     (None, "", "   ", 0.75, "Type a question"),
-    (None, "", QUESTION, 1.5, "greater than maximum value 1"),
+    (None, "", QUESTION, 1.5, "Efficiency must be a number from 0 to 1, got 1.5."),
 ])
 def test_bad_input_gets_a_clear_message_and_the_server_keeps_answering(client, video, tmp_path, content, name,
                                                                        question, efficiency, message):
@@ -88,6 +91,77 @@ def test_bad_input_gets_a_clear_message_and_the_server_keeps_answering(client, v
     with pytest.raises(AppError, match=message):
         ask(client, path, question, efficiency)
     assert ask(client, video, QUESTION, 0.75, 8)[1]["stats"]["num_frames"] == 8
+
+
+@pytest.mark.parametrize(("question", "settings", "message"), [
+    (QUESTION, ("abc", 32), 'Efficiency must be a number from 0 to 1, got "abc".'),
+    (QUESTION, (None, 32), "Efficiency must be a number from 0 to 1, got null."),
+    (QUESTION, (-0.5, 32), "Efficiency must be a number from 0 to 1, got -0.5."),
+    (QUESTION, (True, 32), "Efficiency must be a number from 0 to 1, got true."),
+    (QUESTION, (0.5, "x"), 'Frames must be a whole number from 8 to 256, got "x".'),
+    (QUESTION, (0.5, 3.5), "Frames must be a whole number from 8 to 256, got 3.5."),
+    (QUESTION, (0.5, 12.5), "Frames must be a whole number from 8 to 256, got 12.5."),
+    (QUESTION, (0.5, None), "Frames must be a whole number from 8 to 256, got null."),
+    (QUESTION, (0.5, 1000), "Frames must be a whole number from 8 to 256, got 1000."),
+    (None, (0.5, 32), "Type a question about the video first."),
+    (5, (0.5, 32), "The question must be text, got 5."),
+    ("x" * 100_000, (0.5, 32), "The question is 100,000 characters long; the limit is 2,000. Shorten it."),
+])
+def test_bad_settings_from_any_client_get_a_message_naming_them_and_leave_no_traceback(
+        client, video, capfd, caplog, question, settings, message):
+    caplog.set_level(logging.WARNING, logger="app.callbacks")
+    with pytest.raises(AppError, match=re.escape(message)):
+        client.predict(handle_file(video), question, *settings, api_name="/answer")
+    assert "Traceback" not in capfd.readouterr().err
+    assert [record.getMessage() for record in caplog.records] == [f"Refused an API call: {message}"]
+
+
+@pytest.mark.parametrize(("efficiency", "shown"), [("NaN", "NaN"), ("Infinity", "Infinity")])
+def test_json_numbers_that_python_reads_as_nan_or_infinity_are_refused(server, video, capfd, efficiency, shown):
+    """gradio_client cannot send NaN, but a raw HTTP client can, and the server's JSON parser accepts it."""
+    upload = httpx.post(f"{server.url}gradio_api/upload", files={"files": ("clip.mp4", Path(video).read_bytes())})
+    file = json.dumps({"path": upload.json()[0], "meta": {"_type": "gradio.FileData"}})
+    events = call_raw(server, f'[{file}, "{QUESTION}", {efficiency}, 32]')
+    assert "event: error" in events
+    assert f"Efficiency must be a number from 0 to 1, got {shown}." in events
+    assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize(("video", "message"), [
+    ("clip.mp4", "The video must be an uploaded file"),
+    (5, "The video must be an uploaded file"),
+])
+def test_a_video_that_is_not_an_upload_is_refused_without_traceback(client, capfd, video, message):
+    with pytest.raises(AppError, match=message):
+        client.predict(video, QUESTION, 0.75, 32, api_name="/answer")
+    assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ('[null, "What?"]', "The request has 2 inputs; this endpoint takes 4."),
+    ('[{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, "What?", 0.5, 32]',
+     "A file in the request was not uploaded to this server: upload it first."),
+])
+def test_a_request_gradio_cannot_read_is_refused_without_traceback(server, capfd, data, message):
+    assert message in call_raw(server, data)
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def call_raw(server, data: str) -> str:
+    """The events of an `/answer` call over plain HTTP with the JSON `data`, as any client could send it."""
+    call = httpx.post(f"{server.url}gradio_api/call/answer", content=f'{{"data": {data}}}',
+                      headers={"content-type": "application/json"})
+    return httpx.get(f"{server.url}gradio_api/call/answer/{call.json()['event_id']}", timeout=60).text
+
+
+def test_the_published_config_holds_no_server_paths(server, tiny_llava_dir):
+    """What every browser fetches names the model and the samples, never where the server keeps them."""
+    config = httpx.get(f"{server.url}config").text
+    assert str(REPO) not in config and str(tiny_llava_dir) not in config
+    assert re.findall(r'"(/[^"]*)"', config) == ["/gradio_api"]  # the API's URL prefix, the only string like a path
+    picker = next(c["props"] for c in json.loads(config)["components"] if c["props"].get("elem_id") == "model")
+    assert picker["value"] == tiny_llava_dir.name and [tiny_llava_dir.name] == [
+        value for _, value in picker["choices"] if value == tiny_llava_dir.name]
 
 
 def test_only_the_answer_endpoint_is_public(client):

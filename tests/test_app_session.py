@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from types import SimpleNamespace
 
+import gradio as gr
 import numpy as np
 import pytest
 
 import app  # noqa: F401  (analytics off before gradio is imported)
 import launch
-from aim_core import AIMConfig, ModelError, QuestionError, VideoError, VideoQA, probe_video
+from aim_core import (AIMConfig, AIMError, AnswerStream, ModelError, QuestionError, SettingsError, VideoError,
+                      VideoQA, probe_video)
 from app import models, samples
+from app.callbacks import Callbacks, published_key, published_sample
 from app.history import History, RunKey, RunPoint, same_answer
 from app.models import DEMO_MODEL, RANDOM_MODEL, ModelChoice, ModelRegistry
 from app.pictures import Pictures
 from app.plots import tokens_per_layer_figure, tradeoff_figure
-from app.session import Limits, Runner, check_question, check_video, config_for
+from app.session import Limits, Runner, check_frames, check_question, check_video, config_for, video_path
 from app.testing import write_test_video
 
 QUESTION = "Which colour appears first?"
@@ -53,8 +55,9 @@ def test_pruning_until_the_last_layer_is_predicted_and_run_as_predicted(runner, 
     info = probe_video(video)
     paper = runner.predict(0.75, 32, info, QUESTION)
     to_last = runner.predict(0.75, 32, info, QUESTION, to_last_layer=True)
-    assert config_for(0.75, to_last_layer=True) == AIMConfig(prune_end=1.0)
-    assert to_last == runner.registry.qa.estimate(AIMConfig(prune_end=1.0), 24, (48, 64), QUESTION)
+    to_last_config = AIMConfig.from_efficiency(0.75).pruning_until_last_layer()
+    assert config_for(0.75, to_last_layer=True) == to_last_config and to_last_config.prune_end == 1.0
+    assert to_last == runner.registry.qa.estimate(to_last_config, 24, (48, 64), QUESTION)
     # Visual tokens stay until the last layer: more of them in the deep layers, so a little more cost.
     assert to_last.tokens_per_layer[-2] > paper.tokens_per_layer[-2]
     assert to_last.tokens_per_layer[-1] == paper.tokens_per_layer[-1]
@@ -84,8 +87,44 @@ def test_limits_are_checked_with_messages_that_say_what_to_do(runner, video, tmp
     assert str(tmp_path) not in str(error.value)  # the upload's temporary folder means nothing to a user
     with pytest.raises(QuestionError, match="Type a question"):
         check_question("   ")
-    with pytest.raises(Exception, match="Frames must be from 8 to 256"):
+    with pytest.raises(SettingsError, match="Frames must be a whole number from 8 to 256, got 512"):
         runner.prepare(video, 512, no_progress)
+
+
+@pytest.mark.parametrize(("check", "value", "message"), [
+    ("efficiency", "abc", 'Efficiency must be a number from 0 to 1, got "abc".'),
+    ("efficiency", None, "Efficiency must be a number from 0 to 1, got null."),
+    ("efficiency", float("nan"), "Efficiency must be a number from 0 to 1, got NaN."),
+    ("efficiency", 1.5, "Efficiency must be a number from 0 to 1, got 1.5."),
+    ("efficiency", True, "Efficiency must be a number from 0 to 1, got true."),
+    ("frames", "x", 'Frames must be a whole number from 8 to 256, got "x".'),
+    ("frames", 3.5, "Frames must be a whole number from 8 to 256, got 3.5."),
+    ("frames", 16.5, "Frames must be a whole number from 8 to 256, got 16.5."),
+    ("frames", None, "Frames must be a whole number from 8 to 256, got null."),
+    ("frames", float("inf"), "Frames must be a whole number from 8 to 256, got Infinity."),
+    ("to_last_layer", "yes", '"Prune until the last layer" must be true or false, got "yes".'),
+    ("to_last_layer", None, '"Prune until the last layer" must be true or false, got null.'),
+    ("question", 5, "The question must be text, got 5."),
+    ("question", "x" * 100_000, "The question is 100,000 characters long; the limit is 2,000. Shorten it."),
+    ("video", 5, "The video must be an uploaded file, got 5."),
+    ("video", {"path": ["a"]}, 'The video must be an uploaded file, got ["a"].'),
+])
+def test_inputs_from_any_client_are_refused_with_a_message_naming_the_setting(check, value, message):
+    checks = {"efficiency": lambda: config_for(value), "frames": lambda: check_frames(value, Limits()),
+              "to_last_layer": lambda: config_for(0.5, value), "question": lambda: check_question(value),
+              "video": lambda: video_path(value)}
+    with pytest.raises(AIMError) as error:
+        checks[check]()
+    assert str(error.value) == message
+
+
+def test_good_inputs_pass_as_their_values():
+    assert check_frames(16, Limits()) == check_frames(16.0, Limits()) == 16
+    assert config_for(0, True) == AIMConfig.none().pruning_until_last_layer()
+    assert check_question(" Why? ") == "Why?" and check_question("x" * 2000) == "x" * 2000
+    assert video_path({"path": "/uploads/clip.mp4", "url": None}) == video_path("/uploads/clip.mp4") == \
+        "/uploads/clip.mp4"
+    assert video_path(None) is None
 
 
 def test_a_follow_up_reuses_frames_and_vision_features_and_answers_like_videoqa(runner, video, tiny_llava):
@@ -101,26 +140,69 @@ def test_a_follow_up_reuses_frames_and_vision_features_and_answers_like_videoqa(
 
     again = runner.prepare(video, 16, no_progress)
     assert again.frames is first.frames  # the engine's cache, not a second decode
-    stream = runner.stream(again, "Is there a circle?", AIMConfig.from_efficiency(0.3))
+    # Another setting with the same step of merging inside the vision tower: only the LLM runs again.
+    stream = runner.stream(again, "Is there a circle?", AIMConfig.from_efficiency(0.6))
     list(runner.texts(stream, again, "session"))
     assert stream.answer.stats.vision_cached
 
 
-def test_stop_ends_generation_at_the_next_token(runner, video):
+def test_stop_during_the_prefill_ends_it_before_the_next_layer_and_the_next_run_starts_at_once(runner, video):
     prepared = runner.prepare(video, 8, no_progress)
     stream = runner.stream(prepared, QUESTION, AIMConfig())
+    layers = runner.registry.qa.adapter.decoder_layers
+    ran: list[int] = []
+    handles = [layers[3].register_forward_pre_hook(lambda module, args: runner.cancel("me"))]
+    handles += [module.register_forward_hook(lambda module, args, output, i=i: ran.append(i))
+                for i, module in enumerate(layers)]
+    try:
+        texts = list(runner.texts(stream, prepared, "me"))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert ran == [0, 1, 2]  # Stop came before layer 3 of the prefill: no later layer ran, nothing was decoded
+    assert "".join(texts) == "" and stream.answer.cancelled and stream.answer.stats is None
+    again = runner.stream(prepared, QUESTION, AIMConfig())
+    runner.begin("me")
+    list(runner.texts(again, prepared, "me"))
+    expected = runner.registry.qa.answer(prepared.frames, QUESTION, AIMConfig(), num_frames=8, max_new_tokens=12)
+    assert not again.answer.cancelled and again.answer.text == expected.text
 
-    def stop_once_running() -> None:
-        deadline = time.monotonic() + 30
-        while not runner.cancel("me") and time.monotonic() < deadline:
-            time.sleep(0.001)
 
-    stopper = threading.Thread(target=stop_once_running)
-    stopper.start()
-    list(runner.texts(stream, prepared, "me"))
-    stopper.join()
-    assert stream.answer.cancelled and stream.answer.stats.new_tokens < 12
+def test_stop_while_decoding_ends_generation_at_the_next_token(runner, video):
+    prepared = runner.prepare(video, 8, no_progress)
+    stream = runner.stream(prepared, QUESTION, AIMConfig())
+    first_layer = runner.registry.qa.adapter.decoder_layers[0]
+    forwards = []
+
+    def press_stop_at_the_third_token(module, args) -> None:
+        forwards.append(1)
+        if len(forwards) == 3:  # the prefill, then two tokens decoded
+            runner.cancel("me")
+
+    handle = first_layer.register_forward_pre_hook(press_stop_at_the_third_token)
+    try:
+        list(runner.texts(stream, prepared, "me"))
+    finally:
+        handle.remove()
+    assert stream.answer.cancelled and stream.answer.stats.new_tokens == 3 and len(forwards) == 3
     assert not runner.cancel("me")  # nothing of this session runs any more
+
+
+def test_a_stop_pressed_while_the_frames_decode_stops_the_run_that_follows(runner, video):
+    def run() -> AnswerStream:
+        stream = runner.stream(prepared, QUESTION, AIMConfig())
+        list(runner.texts(stream, prepared, "me"))
+        return stream
+
+    runner.begin("me")
+    prepared = runner.prepare(video, 8, no_progress)
+    assert not runner.cancel("me")  # no stream yet: kept for the one about to start
+    stopped = run()
+    assert stopped.answer.cancelled and stopped.answer.stats is None
+    runner.begin("me")  # the next question is not stopped by it
+    assert not run().answer.cancelled
+    assert not runner.cancel("me")  # with no question begun, nothing is kept for later
+    assert not run().answer.cancelled
 
 
 def test_closing_a_run_early_frees_the_model_for_the_next(runner, video):
@@ -136,8 +218,9 @@ def test_closing_a_run_early_frees_the_model_for_the_next(runner, video):
 
 
 def point(efficiency: float, answer: str, prefill: float, question: str = QUESTION) -> RunPoint:
-    return RunPoint(RunKey("tiny", "clip.mp4", 32, question), efficiency, int(100 * (1 - efficiency)) + 1, 101,
-                    prefill, prefill * 2, answer)
+    flops = int(100 * (1 - efficiency)) + 1
+    return RunPoint(RunKey("tiny", "clip.mp4", 32, question), efficiency, flops, 101, prefill, prefill * 2, answer,
+                    flops + 300, 401, prefill * 3)
 
 
 def test_history_knows_agreement_and_latency_once_the_no_reduction_run_exists():
@@ -157,6 +240,9 @@ def test_the_tradeoff_figure_marks_agreement_and_draws_latency(tmp_path):
     assert list(names["same answer as no reduction"].x) == [0.0, 0.75]
     assert list(names["different answer"].x) == [1.0]
     assert list(names["prefill time"].y) == pytest.approx([100, 30, 20])
+    assert list(names["first answer, end to end"].y) == pytest.approx([100, 30, 20])
+    assert list(names["vision + prefill FLOPs"].y) == pytest.approx([100 * 401 / 401, 100 * 326 / 401,
+                                                                     100 * 301 / 401])
     assert len(tradeoff_figure(History(), None).layout.annotations) == 1  # the empty plot says what to do
 
 
@@ -247,3 +333,20 @@ def test_launch_listens_on_loopback_unless_asked(monkeypatch):
                                             "AIM_MODEL": "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"})
     assert (spaces.host, spaces.port, spaces.model) == ("0.0.0.0", 7861, "llava-hf/llava-onevision-qwen2-0.5b-ov-hf")
     assert launch.parse_args(["--model", "dir", "--host", "::1"], environ={"AIM_MODEL": "x"}).model == "dir"
+
+
+def test_the_page_gets_names_of_models_and_samples_and_they_lead_back_to_the_files(tiny_llava, tmp_path):
+    assert published_key(str(models.DEMO_MODEL_DIR)) == "assets/demo-model"
+    assert published_key(str(tmp_path / "my-model")) == "my-model"
+    assert published_key("Qwen/Qwen2-VL-2B-Instruct") == "Qwen/Qwen2-VL-2B-Instruct"
+    registry = ModelRegistry(DEMO_MODEL, TINY, VideoQA.from_model(*tiny_llava))
+    callbacks = Callbacks(Runner(registry))
+    assert callbacks.picker_choices()[:2] == [(DEMO_MODEL.label, "assets/demo-model"), (TINY.label, "tiny")]
+    callbacks.load_model("assets/demo-model", progress=lambda done, desc: None)
+    assert registry.choice == DEMO_MODEL and callbacks.picker_value() == "assets/demo-model"
+
+    found = samples.find_samples()
+    assert found, "the sample videos are in assets/samples"
+    for sample in found:
+        assert callbacks.sample_video(published_sample(sample.video), QUESTION, 32, "") == str(sample.video)
+    assert callbacks.sample_video("../launch.py", QUESTION, 32, "") == gr.skip()  # only the samples are served

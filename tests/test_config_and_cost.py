@@ -56,10 +56,11 @@ def test_no_pruning_when_start_is_past_the_last_layer():
     assert pruning_layers(28, none.prune_start, none.prune_end) is None and not none.merges
 
 
-def test_default_is_the_paper_setting_and_sits_on_the_knob():
+def test_default_is_the_paper_setting_and_the_knob_adds_vision_merging_to_it():
     default = AIMConfig()
-    assert (default.merge_keep, default.prune_start, default.prune_end) == (0.25, 0.5, 0.79)
-    assert AIMConfig.from_efficiency(DEFAULT_EFFICIENCY) == default
+    assert (default.merge_keep, default.prune_start, default.prune_end, default.vision_keep) == (0.25, 0.5, 0.79, 1.0)
+    knob = AIMConfig.from_efficiency(DEFAULT_EFFICIENCY)
+    assert knob.vision_keep == 0.25 and knob.paper() == default
 
 
 def test_efficiency_zero_is_no_reduction():
@@ -81,7 +82,8 @@ def test_efficiency_out_of_range(bad):
 
 
 @pytest.mark.parametrize("fields", [{"merge_keep": 0}, {"merge_keep": 1.2}, {"prune_start": 0},
-                                    {"prune_start": 0.6, "prune_end": 0.5}, {"importance": "random"}])
+                                    {"prune_start": 0.6, "prune_end": 0.5}, {"importance": "random"},
+                                    {"vision_keep": 0}, {"vision_keep": 1.5}])
 def test_bad_config_fields(fields):
     with pytest.raises(SettingsError):
         AIMConfig(**fields)

@@ -1,26 +1,58 @@
-"""The engine on tiny random stock Qwen2-VL, Qwen2.5-VL and Qwen3-VL: exactness at efficiency 0, 3-D positions of
-merged tokens, exact decoding under pruning, and Qwen3-VL's deepstack layers left whole."""
+"""The engine on tiny random stock Qwen2-VL, Qwen2.5-VL and Qwen3-VL: frames sized as the reference implementation
+sizes them, estimates equal to the runs (LLaVA-OneVision's too), exactness at efficiency 0, 3-D positions of merged
+tokens, exact decoding under pruning, and Qwen3-VL's deepstack layers left whole."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms.v2.functional as tvF
 from transformers import Qwen2_5_VLTextConfig, Qwen2VLTextConfig, Qwen3VLTextConfig
 from transformers.video_utils import VideoMetadata
 
-from aim_core import AIMConfig, DecoderShape, SampledFrames, VideoQA
+from aim_core import AIMConfig, DecoderShape, SampledFrames, VideoError, VideoQA
 from aim_core.adapters.qwen_vl import cluster_mean
 from aim_core.baselines import FastV, RandomDrop
 from aim_core.config import no_pruning_before
 from aim_core.patch import VisualTokenPruner
 from aim_core.random_models import QWEN2_5_VL_3B_SHAPE, QwenVLShape, build_qwen_tokenizer, build_qwen_vl, qwen_vl_config
+from aim_core.video import frame_indices, probe_video, write_video
 
 QUESTION = "Which colour appears first?"
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 FPS = 2.0  # frames 0.5 s apart: Qwen2.5-VL spaces its temporal positions by it, Qwen3-VL writes it in the prompt
-# 48x64 frames in 8 px patches, 2x2 merged: 3x4 = 12 tokens per temporal step of 2 frames
-STEP_TOKENS = 12
+
+
+def reference_size(height: int, width: int, num_frames: int, factor: int) -> tuple[int, int]:
+    """The `(height, width)` qwen-vl-utils' `fetch_video` resizes a video's frames to, written out plainly from
+    qwen-vl-utils/src/qwen_vl_utils/vision_process.py (QwenLM/Qwen3-VL, 96588727e44c): `factor` is the patch size
+    times the merge size; a frame gets 128 to 768 tokens of factor x factor pixels, and a video at most 90% of a
+    128K context, the frame count first padded to even."""
+    nframes = math.ceil(num_frames / 2) * 2
+    min_pixels = 128 * factor * factor
+    total_pixels = 128000 * factor * factor * 0.9
+    max_pixels = max(min(768 * factor * factor, total_pixels / nframes * 2), int(min_pixels * 1.05))
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = math.floor(height / beta / factor) * factor
+        w_bar = math.floor(width / beta / factor) * factor
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+# 48x64 test frames, 8 px patches merged 2x2: the reference scales them up to its minimum of 128 tokens' worth,
+# 160x224 pixels, 10x14 = 140 tokens per temporal step of 2 frames
+FACTOR = 16
+STEP_GRID = tuple(side // FACTOR for side in reference_size(48, 64, 8, FACTOR))
+STEP_TOKENS = STEP_GRID[0] * STEP_GRID[1]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -36,12 +68,16 @@ def clip(frames: np.ndarray) -> SampledFrames:
 
 
 def stock_inputs(processor, frames, question=QUESTION):
-    """The model card's recipe for frames sampled beforehand: chat template, then the processor with their times."""
+    """The model card's recipe for frames sampled beforehand: frames resized to qwen-vl-utils' size (here with the
+    processor's own resampler, torchvision's), chat template, then the processor with their times and no resizing."""
     conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
     metadata = VideoMetadata(total_num_frames=len(frames), fps=FPS, frames_indices=list(range(len(frames))))
-    return processor(text=prompt, videos=[frames], video_metadata=[metadata], do_sample_frames=False,
-                     return_tensors="pt")
+    size = reference_size(*frames.shape[1:3], len(frames), FACTOR)
+    resized = tvF.resize(torch.from_numpy(frames).permute(0, 3, 1, 2), list(size),
+                         interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
+    return processor(text=prompt, videos=[resized], video_metadata=[metadata], do_sample_frames=False,
+                     do_resize=False, return_tensors="pt")
 
 
 def stock_positions(model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,6 +91,136 @@ def merged_for(qa, frames, config):
     _, encoding, _ = qa.encode(frames)
     merged = qa._reduced(next(reversed(qa._cache)), config)[0]
     return encoding, merged, qa.adapter.prompt(QUESTION, encoding, len(qa.adapter.visual_order(encoding, merged)))
+
+
+def test_the_tests_reference_sizing_worked_by_hand():
+    """The reference written out above, against sizes worked out by hand from qwen-vl-utils' rule."""
+    # 1280x720 at 32 frames with 28 px per token (Qwen2/2.5-VL): 728x1288 rounded is over 768 x 28^2 = 602112 px,
+    # so scaled by sqrt(921600 / 602112) = 1.237 to 582x1035, floored to 560x1008: 20 x 36 = 720 tokens a step
+    assert reference_size(720, 1280, 32, 28) == (560, 1008)
+    assert reference_size(1280, 720, 32, 28) == (1008, 560)
+    # 32 px per token (Qwen3-VL): over 768 x 32^2 = 786432 px, scaled by 1.0825 to 665x1182, floored to 640x1152
+    assert reference_size(720, 1280, 32, 32) == (640, 1152)
+    # under 128 x 28^2 = 100352 px: scaled up by sqrt(100352 / 76800) = 1.143 to 274x366, ceiled to 280x392
+    assert reference_size(240, 320, 4, 28) == (280, 392)
+    # 600 frames share 90% of 128K tokens: 384 tokens (301056 px) a frame, scaled by 1.750 to 411x732 -> 392x728
+    assert reference_size(720, 1280, 600, 28) == (392, 728)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def released_patches(request):
+    """VideoQA of a tiny model of one family with the released models' patches (14 px; 16 px for Qwen3-VL), so frames
+    are sized with their factor (28, 32 pixels a token)."""
+    family = request.param
+    shape = QwenVLShape(family=family, patch_size=16 if family == "qwen3_vl" else 14, vision_layers=1, text_layers=2,
+                        deepstack_layers=1)
+    return VideoQA.from_model(*build_qwen_vl(shape))
+
+
+@pytest.mark.parametrize("height, width, num_frames", [(720, 1280, 32), (1920, 1080, 8), (240, 320, 5), (405, 203, 2)],
+                         ids=["720p-32", "portrait-1080p-8", "small-upscaled-5", "odd-sides-2"])
+def test_visual_tokens_follow_the_reference_sizing(released_patches, height, width, num_frames):
+    qa = released_patches
+    patch = qa.adapter.processor.video_processor.patch_size
+    factor = 2 * patch
+    rows, cols = reference_size(height, width, num_frames, factor)
+    steps = math.ceil(num_frames / 2)
+    frames = np.full((num_frames, height, width, 3), 100, dtype=np.uint8)  # only the size matters here
+    encoding = qa.adapter.encode_video(frames)
+    assert encoding.extras["grid_thw"].tolist() == [[steps, rows // patch, cols // patch]]
+    assert encoding.tokens.shape[:2] == (steps, (rows // factor) * (cols // factor))
+    assert qa.adapter.layout(QUESTION, num_frames, height, width).tokens_per_step == encoding.tokens.shape[1]
+
+    # Frames decoded at the size the adapter asks for (the reference's, unless that is larger than the video) give
+    # the same tokens.
+    decode_size = qa.adapter.frame_size(height, width, num_frames)
+    assert decode_size == ((rows, cols) if rows <= height and cols <= width else (height, width))
+    decoded = np.full((num_frames, *decode_size, 3), 100, dtype=np.uint8)
+    assert torch.equal(qa.adapter.encode_video(decoded).extras["grid_thw"], encoding.extras["grid_thw"])
+
+
+def test_long_videos_share_the_reference_budget(released_patches):
+    """Past 300 frames the frames share 90% of a 128K context: fewer tokens per frame (the layout; decoding that many
+    720p frames is too slow for a test)."""
+    qa = released_patches
+    factor = 2 * qa.adapter.processor.video_processor.patch_size
+    per_step = {}
+    for num_frames in (32, 300, 320, 512):
+        rows, cols = reference_size(720, 1280, num_frames, factor)
+        per_step[num_frames] = qa.adapter.layout(QUESTION, num_frames, 720, 1280).tokens_per_step
+        assert per_step[num_frames] == (rows // factor) * (cols // factor)
+        assert qa.adapter.frame_size(720, 1280, num_frames) == (rows, cols)
+    assert per_step[32] == per_step[300] > per_step[320] > per_step[512]
+
+
+def test_a_video_too_narrow_for_the_reference_is_refused(qwen):
+    _, _, qa = qwen
+    with pytest.raises(VideoError, match="too narrow"):
+        qa.estimate(AIMConfig(), num_frames=8, frame_size=(2, 500))
+
+
+def file_like_clip(frames: np.ndarray, fps: float, duration: float) -> SampledFrames:
+    """`frames` as `sample_frames` returns them from a `duration`-second video at `fps`: one at the centre of each
+    of `len(frames)` equal segments."""
+    indices = frame_indices(round(duration * fps), len(frames))
+    return SampledFrames(frames, indices / fps, fps, duration, None, "array")
+
+
+def assert_estimate_is_the_run(qa, video, config, num_frames, frame_size, **timing):
+    """Run `video` and check `qa.estimate` predicted its tokens and FLOPs; returns the estimate."""
+    stats = qa.answer(video, QUESTION, config=config, num_frames=num_frames, max_new_tokens=1).stats
+    estimate = qa.estimate(config, num_frames, frame_size, QUESTION, **timing)
+    assert estimate.num_frames == stats.num_frames
+    assert estimate.visual_before_merge == stats.visual_tokens_before_merge
+    assert estimate.visual_after_merge == stats.visual_tokens_after_merge
+    assert estimate.text_tokens == stats.text_tokens
+    assert estimate.tokens_per_layer == stats.tokens_per_layer
+    assert (estimate.flops, estimate.flops_baseline) == (stats.flops, stats.flops_baseline)
+    return estimate
+
+
+CONFIGS = {"none": AIMConfig.none(), "aim": AIMConfig()}
+
+
+@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
+@pytest.mark.parametrize("num_frames", [1, 4, 7])
+def test_estimate_is_what_the_run_has(qwen, random_frames, num_frames, config):
+    _, _, qa = qwen
+    assert_estimate_is_the_run(qa, clip(random_frames[:num_frames]), config, num_frames, (48, 64), fps=FPS)
+
+
+@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
+def test_estimate_reads_when_the_frames_of_a_long_video_are_taken(qwen, random_frames, config):
+    """8 frames of a 95.5 s video at 30 fps: Qwen3-VL writes times such as `<89.5 seconds>` in the prompt."""
+    _, _, qa = qwen
+    estimate = assert_estimate_is_the_run(qa, file_like_clip(random_frames, 30.0, 95.5), config, 8, (48, 64),
+                                          fps=30.0, duration=95.5)
+    if qa.model.config.model_type == "qwen3_vl":  # the check can fail: frames 1 s apart have shorter times
+        assert qa.estimate(config, 8, (48, 64), QUESTION).text_tokens < estimate.text_tokens
+
+
+@pytest.mark.parametrize("size", [(48, 64), (360, 640)], ids=["scaled-up-by-the-processor", "scaled-down-at-decoding"])
+def test_estimate_is_what_the_run_has_from_a_file(qwen, tmp_path, size):
+    """A video file, sampled and decoded by the engine; the estimate told the file's size, rate and duration."""
+    _, _, qa = qwen
+    path = tmp_path / "clip.mp4"
+    frames = np.random.default_rng(0).integers(0, 256, (20, 1, *size[1:], 3), dtype=np.uint8)  # vertical stripes
+    write_video(path, np.broadcast_to(frames, (20, *size, 3)), fps=12.0)
+    info = probe_video(path)
+    for config in CONFIGS.values():
+        assert_estimate_is_the_run(qa, path, config, 3, (info.height, info.width), fps=info.fps,
+                                   duration=info.duration)
+
+
+@pytest.fixture(scope="module")
+def llava_qa(tiny_llava):
+    return VideoQA.from_model(*tiny_llava)
+
+
+@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
+@pytest.mark.parametrize("num_frames", [1, 3, 8])
+def test_llava_onevision_estimate_is_what_the_run_has(llava_qa, random_frames, num_frames, config):
+    assert_estimate_is_the_run(llava_qa, random_frames[:num_frames], config, num_frames, (48, 64))
 
 
 @pytest.mark.parametrize("num_frames", [3, 8])
@@ -157,7 +323,7 @@ def test_tokens_per_layer_follow_the_schedule_and_the_estimate(qwen, random_fram
                                qa.adapter.first_prunable_layer)
     assert stats.tokens_per_layer == [count + stats.text_tokens for count in counts]
     assert stats.tokens_per_layer[-1] < stats.tokens_per_layer[0]
-    predicted = qa.estimate(config, num_frames=7, frame_size=(48, 64), question=QUESTION)
+    predicted = qa.estimate(config, num_frames=7, frame_size=(48, 64), question=QUESTION, fps=FPS)
     assert predicted.num_frames == 7
     assert predicted.tokens_per_layer == stats.tokens_per_layer
     assert predicted.flops == stats.flops and predicted.flops_baseline == stats.flops_baseline
@@ -282,12 +448,12 @@ def test_trace_has_one_map_per_frame(qwen, random_frames):
     _, _, qa = qwen
     answer = qa.answer(clip(random_frames[:7]), QUESTION, config=AIMConfig(merge_keep=0.5), max_new_tokens=1)
     trace = answer.trace
-    assert trace.frames_per_step == 2 and trace.grid == (3, 4) and len(trace.frames) == 7
+    assert trace.frames_per_step == 2 and trace.grid == STEP_GRID and len(trace.frames) == 7
     clusters = trace.clusters()
-    assert clusters.shape == (7, 3, 4)
+    assert clusters.shape == (7, *STEP_GRID)
     assert (clusters[0] == clusters[1]).all() and (clusters[4] == clusters[5]).all()
-    assert (clusters == trace.merge_source.repeat_interleave(2, 0)[:7].reshape(7, 3, 4).numpy()).all()
-    assert trace.kept_patches(0).shape == (7, 3, 4) and trace.kept_patches(0).all()
+    assert (clusters == trace.merge_source.repeat_interleave(2, 0)[:7].reshape(7, *STEP_GRID).numpy()).all()
+    assert trace.kept_patches(0).shape == (7, *STEP_GRID) and trace.kept_patches(0).all()
     assert not trace.kept_patches(7).any()
 
 
@@ -296,7 +462,7 @@ def test_a_single_frame_fills_one_temporal_step(qwen, random_frames):
     answer = qa.answer(clip(random_frames[:1]), QUESTION, config=AIMConfig(), max_new_tokens=2)
     assert answer.stats.num_frames == 1
     assert answer.stats.visual_tokens_before_merge == STEP_TOKENS
-    assert answer.trace.clusters().shape == (1, 3, 4)
+    assert answer.trace.clusters().shape == (1, *STEP_GRID)
 
 
 @pytest.mark.parametrize("config_class, hidden, heads, kv_heads, head_dim, intermediate, layers", [

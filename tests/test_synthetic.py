@@ -305,6 +305,19 @@ def test_probes_train_on_the_language_models_video_tokens():
     assert next(model.model.language_model.parameters()).grad.abs().sum() > 0
 
 
+def test_every_answer_is_one_token_of_its_own_in_the_demo_tokenizer():
+    from synthetic.train_demo_model import build
+
+    _, processor = build(seed=0)
+    tokenizer = processor.tokenizer
+    answers = sorted({q.answer for seed in split_seeds("val", 100) for q in questions(make_scene(seed))})
+    assert len(answers) == len(COLOURS) + len(SHAPES) + len(DIRECTIONS) + len(NUMBERS) + 2
+    # As the training labels tokenise them: right after the generation prompt, then <|im_end|>.
+    encoded = [tokenizer(answer + tokenizer.eos_token, add_special_tokens=False)["input_ids"] for answer in answers]
+    assert all(len(ids) == 2 and ids[1] == tokenizer.eos_token_id for ids in encoded)
+    assert len({ids[0] for ids in encoded}) == len(answers)
+
+
 def test_a_focus_stage_asks_its_kind_more_often_on_every_video():
     from synthetic.train_demo_model import STAGES, build, training_batch
 

@@ -13,6 +13,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin
 from transformers.video_utils import VideoMetadata
 
+from ..flops import VisionShape
 from ..merge import MergeResult
 
 
@@ -107,6 +108,34 @@ class VideoLLMAdapter(ABC):
         return self.model.model.language_model.layers
 
     @property
+    def vision_layers(self) -> nn.ModuleList:
+        """The vision tower's transformer blocks, in order (where vision-side hooks go: token merging inside the
+        tower, cancellation between blocks)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its vision tower's blocks")
+
+    @property
+    @abstractmethod
+    def vision_shape(self) -> VisionShape:
+        """The vision tower's and projector's sizes, for their FLOPs."""
+
+    @abstractmethod
+    def vision_patches_per_step(self, tokens_per_step: int) -> int:
+        """Patches the vision tower processes for a step whose tokens reach the LLM as `tokens_per_step` tokens."""
+
+    @property
+    def vision_output_layer(self) -> int | None:
+        """Index of the vision block whose output the model reads, where patch tokens can be merged inside the tower
+        (see `aim_core.vision_patch`: its blocks take `[frames, patches, dim]` and no mask); None where they cannot
+        (Qwen's blocks take packed sequences with per-patch rotary positions, which the hooks do not slice)."""
+        return None
+
+    def frame_size(self, height: int, width: int, num_frames: int) -> tuple[int, int]:
+        """`(height, width)` to decode `num_frames` frames of an upright `height x width` video at: the smallest size,
+        aspect ratio kept and never larger than the source, from which the processor keeps every detail it would
+        keep from the source. By default the source's size."""
+        return height, width
+
+    @property
     def text_config(self) -> PretrainedConfig:
         """The LLM's config, for its FLOPs."""
         return self.model.config.text_config
@@ -124,8 +153,12 @@ class VideoLLMAdapter(ABC):
         """Run a uint8 `[H, W, 3]` image through the model's processor, vision tower and projector."""
 
     @abstractmethod
-    def layout(self, question: str, num_frames: int, height: int, width: int) -> VisualLayout:
-        """How `num_frames` frames of this size and the question reach the LLM, before any reduction."""
+    def layout(self, question: str, num_frames: int, height: int, width: int,
+               metadata: VideoMetadata | None = None) -> VisualLayout:
+        """How `num_frames` frames of this size and the question reach the LLM, before any reduction.
+
+        `metadata` says when the frames are taken, as for `encode_video` (Qwen3-VL writes the times in the prompt).
+        """
 
     @abstractmethod
     def prompt(self, question: str, encoding: VideoEncoding, num_visual: int) -> Prompt:

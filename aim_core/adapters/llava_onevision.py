@@ -23,12 +23,39 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava_onevision.modeling_llava_onevision import get_anyres_image_grid_shape
 from transformers.video_utils import VideoMetadata
 
+from ..flops import VisionShape
 from ..merge import MergeResult
 from .base import Prompt, VideoEncoding, VideoLLMAdapter, VisualLayout
 
 
 class LlavaOnevisionAdapter(VideoLLMAdapter):
     model_types = ("llava_onevision",)
+
+    @property
+    def vision_layers(self) -> torch.nn.ModuleList:
+        """SigLIP's encoder layers (`vision_tower.encoder.layers`)."""
+        return self.model.model.vision_tower.encoder.layers
+
+    @property
+    def vision_shape(self) -> VisionShape:
+        vision = self.model.config.vision_config
+        return VisionShape.from_modules(vision.hidden_size, vision.num_attention_heads,
+                                        self.model.model.vision_tower.embeddings, self.vision_layers,
+                                        [self.model.model.multi_modal_projector])
+
+    def vision_patches_per_step(self, tokens_per_step: int) -> int:
+        """Every frame (or image tile) is one `image_size` square of patches, pooled 2x for a video's frames."""
+        vision = self.model.config.vision_config
+        return (vision.image_size // vision.patch_size) ** 2
+
+    @property
+    def vision_output_layer(self) -> int:
+        """The block whose output `vision_feature_layer` selects (hidden state k is block k - 1's output; the
+        earliest one when several are selected)."""
+        selected = self.model.config.vision_feature_layer
+        selected = [selected] if isinstance(selected, int) else selected
+        blocks = len(self.vision_layers)
+        return min((layer if layer >= 0 else blocks + 1 + layer) - 1 for layer in selected)
 
     @torch.inference_mode()
     def encode_video(self, frames: np.ndarray, metadata: VideoMetadata | None = None) -> VideoEncoding:
@@ -69,12 +96,26 @@ class LlavaOnevisionAdapter(VideoLLMAdapter):
             views=views.numpy(),
         )
 
+    def frame_size(self, height: int, width: int, num_frames: int) -> tuple[int, int]:
+        """The video processor squashes each frame to its `size` (384 x 384 in the hub checkpoints): decode at the
+        smallest size, aspect kept, with both sides at least that, never above the source's."""
+        processor = self.processor.video_processor
+        target_height, target_width = processor.size.get("height"), processor.size.get("width")
+        if not processor.do_resize or not target_height or not target_width:
+            return height, width
+        if target_height * width >= target_width * height:  # the height binds
+            size = target_height, -(-width * target_height // height)
+        else:
+            size = -(-height * target_width // width), target_width
+        return size if size[0] <= height and size[1] <= width else (height, width)
+
     def visual_tokens_per_frame(self, height: int, width: int) -> tuple[int, int]:
         vision = self.model.config.vision_config
         side = math.ceil(vision.image_size // vision.patch_size / 2)  # apply_pooling halves each side
         return side * side, 1
 
-    def layout(self, question: str, num_frames: int, height: int, width: int) -> VisualLayout:
+    def layout(self, question: str, num_frames: int, height: int, width: int,
+               metadata: VideoMetadata | None = None) -> VisualLayout:
         tokens_per_frame, unmerged = self.visual_tokens_per_frame(height, width)
         return VisualLayout(num_frames, tokens_per_frame, unmerged, self._prompt(question, "video", 0).length)
 

@@ -14,39 +14,133 @@ Qwen3-VL adds "deepstack" features of inner vision layers to the hidden states o
 first decoder layers: they are merged with the same clusters (each cluster's mean, as the merged tokens are), and no
 layer drops visual tokens before all of them are added. Its prompt puts a timestamp before each temporal step, so
 its visual tokens come in several runs.
+
+Video frames are sized as the reference implementation, qwen-vl-utils, sizes a video's frames (`fetch_video` and
+`smart_resize` in `qwen-vl-utils/src/qwen_vl_utils/vision_process.py`, QwenLM/Qwen3-VL at commit 96588727e44c; the
+same rule as in QwenLM/Qwen2.5-VL at f0af2996e843, where the factor is always 28): each frame keeps its aspect ratio
+and gets between 128 and 768 tokens' worth of pixels, fewer when the whole video would take more than 90% of a 128K
+context. The stock processors size frames by the checkpoint's bounds, which are wide (their `cap_pixels_per_frame`
+option shares those out, not the reference's), so the same video could cost twice the tokens of the model card's
+recipe (19,136 instead of 11,520 for 32 frames of 1280x720 on Qwen2.5-VL). The processor is given the reference's
+bounds instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import numpy as np
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers import Qwen3VLVideoProcessor
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 from transformers.video_utils import VideoMetadata
 
+from ..errors import VideoError
+from ..flops import VisionShape
 from ..merge import MergeResult
 from .base import Prompt, VideoEncoding, VideoLLMAdapter, VisualLayout
+
+# qwen-vl-utils' video sizing constants (see the module's docstring), in tokens of factor x factor pixels, where the
+# factor is the patch size times the spatial merge size (28 for Qwen2-VL and Qwen2.5-VL, 32 for Qwen3-VL).
+VIDEO_MIN_TOKENS = 128  # per frame
+VIDEO_MAX_TOKENS = 768  # per frame
+CONTEXT_TOKENS = 128000  # the model's sequence length (its MODEL_SEQ_LEN) ...
+VIDEO_SHARE = 0.9  # ... of which a whole video may take this share
+FRAME_FACTOR = 2  # a video's frame count is rounded up to a multiple of this (one temporal patch)
+MAX_ASPECT_RATIO = 200
+
+
+def reference_pixel_bounds(num_frames: int, factor: int) -> tuple[int, float]:
+    """`(min_pixels, max_pixels)` of each frame of a `num_frames`-frame video, as qwen-vl-utils bounds them: 128 to
+    768 tokens' worth, or an even share of the whole video's budget when that is less (past 300 frames), but never
+    under 5% above the minimum."""
+    frames = math.ceil(num_frames / FRAME_FACTOR) * FRAME_FACTOR
+    min_pixels = VIDEO_MIN_TOKENS * factor * factor
+    share = CONTEXT_TOKENS * factor * factor * VIDEO_SHARE / frames * FRAME_FACTOR
+    return min_pixels, max(min(VIDEO_MAX_TOKENS * factor * factor, share), int(min_pixels * 1.05))
+
+
+def reference_frame_size(height: int, width: int, num_frames: int, factor: int) -> tuple[int, int]:
+    """`(height, width)` qwen-vl-utils resizes each frame of a `num_frames`-frame `height x width` video to:
+    multiples of `factor`, as near the aspect ratio as they can be, with the pixels `reference_pixel_bounds` allows.
+
+    Raises VideoError for a frame more than 200 times longer than it is wide, or the reverse."""
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        raise VideoError(f"a {width}x{height} video is too narrow: its sides may differ up to {MAX_ASPECT_RATIO}x")
+    min_pixels, max_pixels = reference_pixel_bounds(num_frames, factor)
+    rows, cols = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
+    if rows * cols > max_pixels:
+        scale = math.sqrt(height * width / max_pixels)
+        # at least one factor, as transformers' own resize has it (qwen-vl-utils would give 0 and fail)
+        rows = max(factor, math.floor(height / scale / factor) * factor)
+        cols = max(factor, math.floor(width / scale / factor) * factor)
+    elif rows * cols < min_pixels:
+        scale = math.sqrt(min_pixels / (height * width))
+        rows, cols = math.ceil(height * scale / factor) * factor, math.ceil(width * scale / factor) * factor
+    return rows, cols
 
 
 class QwenVLAdapter(VideoLLMAdapter):
     model_types = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
     @property
+    def vision_layers(self) -> torch.nn.ModuleList:
+        """The vision transformer's blocks (`visual.blocks`)."""
+        return self.model.model.visual.blocks
+
+    @property
+    def vision_shape(self) -> VisionShape:
+        vision, visual = self.model.config.vision_config, self.model.model.visual
+        window = getattr(vision, "window_size", None)  # Qwen2.5-VL: blocks attend within windows of this many pixels
+        return VisionShape.from_modules(
+            getattr(vision, "embed_dim", None) or vision.hidden_size, vision.num_heads, visual.patch_embed,
+            self.vision_layers, [visual.merger, *getattr(visual, "deepstack_merger_list", [])],
+            patches_per_projected_token=vision.spatial_merge_size**2,
+            attention_window=None if window is None else (window // vision.patch_size) ** 2,
+            full_attention_layers=getattr(vision, "fullatt_block_indexes", ()))
+
+    def vision_patches_per_step(self, tokens_per_step: int) -> int:
+        """The patch merger folds spatial_merge_size**2 patches into each token."""
+        return tokens_per_step * self.model.config.vision_config.spatial_merge_size**2
+
+    @property
     def first_prunable_layer(self) -> int:
         """After the deepstack layers: until then the model adds features at every visual position."""
         return max(1, len(getattr(self.model.config.vision_config, "deepstack_visual_indexes", ())))
 
+    @property
+    def _factor(self) -> int:
+        """Side in pixels of the square behind one LLM token (patch size times merge size)."""
+        return self.processor.video_processor.patch_size * self.processor.video_processor.merge_size
+
+    def frame_size(self, height: int, width: int, num_frames: int) -> tuple[int, int]:
+        """The size qwen-vl-utils resizes the frames to (`reference_frame_size`), which the processor then keeps;
+        the source's size when that would be larger than the source in a side (the processor resizes then)."""
+        rows, cols = reference_frame_size(height, width, num_frames, self._factor)
+        min_pixels, max_pixels = reference_pixel_bounds(num_frames, self._factor)
+        kept_as_is = min_pixels <= rows * cols <= max_pixels
+        return (rows, cols) if kept_as_is and rows <= height and cols <= width else (height, width)
+
     @torch.inference_mode()
     def encode_video(self, frames: np.ndarray, metadata: VideoMetadata | None = None) -> VideoEncoding:
+        """Frames of any size are resized by the stock processor as qwen-vl-utils resizes them
+        (`reference_frame_size`): it is given the reference's pixel bounds for this many frames."""
         video_processor = self.processor.video_processor
         temporal = video_processor.temporal_patch_size
-        if len(frames) < temporal:  # fill the one temporal patch by repeating the frame, as the processor pads
-            frames = np.concatenate([frames, frames[-1:].repeat(temporal - len(frames), axis=0)])
+        # Complete the last temporal patch by repeating the last frame, as the processor would: the reference bounds
+        # the frames by their padded count, and Qwen3-VL's processor bounds all the frames' pixels together.
+        if pad := -len(frames) % temporal:
+            frames = np.concatenate([frames, frames[-1:].repeat(pad, axis=0)])
+        min_pixels, max_pixels = reference_pixel_bounds(len(frames), self._factor)
+        if isinstance(video_processor, Qwen3VLVideoProcessor):
+            min_pixels, max_pixels = min_pixels * len(frames), max_pixels * len(frames)
         inputs = video_processor(videos=[frames], video_metadata=None if metadata is None else [metadata],
-                                 do_sample_frames=False, return_metadata=True, return_tensors="pt")
+                                 size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
+                                 cap_pixels_per_frame=False, do_sample_frames=False, return_metadata=True,
+                                 return_tensors="pt")
         grid_thw = inputs["video_grid_thw"]
         features = self.model.model.get_video_features(
             inputs["pixel_values_videos"].to(self.model.device), grid_thw.to(self.model.device), return_dict=True)
@@ -75,19 +169,20 @@ class QwenVLAdapter(VideoLLMAdapter):
         return VideoEncoding(tokens=tokens, grid=grid, suffix=tokens.new_zeros(0, tokens.shape[-1]), extras=extras,
                              is_image=is_image, frames_per_step=frames_per_step)
 
-    def layout(self, question: str, num_frames: int, height: int, width: int) -> VisualLayout:
-        """For frames taken 1 s apart (Qwen3-VL writes each step's time in the prompt: a real clip's timestamps can
-        take a token more or less)."""
+    def layout(self, question: str, num_frames: int, height: int, width: int,
+               metadata: VideoMetadata | None = None) -> VisualLayout:
+        """Qwen3-VL writes each step's time in the prompt, from `metadata`; without it the frames are taken 1 s
+        apart (as `SampledFrames.from_array` takes them by default)."""
         video_processor = self.processor.video_processor
-        temporal = video_processor.temporal_patch_size
-        patches = video_processor.get_num_of_video_patches(max(num_frames, temporal), height, width, {})
-        steps = math.ceil(num_frames / temporal)
-        tokens = patches // steps // video_processor.merge_size**2
-        # the placeholder text depends only on the number of steps and of tokens per step, not on the grid's shape
-        grid_thw = torch.tensor([[steps, 1, tokens * video_processor.merge_size**2]])
-        metadata = VideoMetadata(total_num_frames=num_frames, fps=1.0, frames_indices=list(range(num_frames)))
-        ids = self._unmerged_ids(question, False, grid_thw, metadata)
-        return VisualLayout(steps, tokens, 0, len(ids) - steps * tokens)
+        rows, cols = reference_frame_size(height, width, num_frames, self._factor)
+        steps = math.ceil(num_frames / video_processor.temporal_patch_size)
+        if metadata is None:
+            metadata = VideoMetadata(total_num_frames=num_frames, fps=1.0, frames_indices=list(range(num_frames)))
+        # The placeholders are special tokens, so the text around them tokenizes the same however many there are:
+        # the prompt is written with one a step, which keeps the estimate fast for long videos.
+        one_token = torch.tensor([[steps, video_processor.merge_size, video_processor.merge_size]])
+        ids = self._unmerged_ids(question, False, one_token, metadata)
+        return VisualLayout(steps, (rows // self._factor) * (cols // self._factor), 0, len(ids) - steps)
 
     def prompt(self, question: str, encoding: VideoEncoding, num_visual: int) -> Prompt:
         """The stock prompt with each step's run of placeholders cut to `num_visual / steps`."""
@@ -108,6 +203,8 @@ class QwenVLAdapter(VideoLLMAdapter):
         if is_image:
             placeholder = self.processor.replace_image_token({"image_grid_thw": grid_thw}, image_idx=0)
         else:
+            # a copy: Qwen3-VL's processor pads the frame indices it is given to whole temporal steps in place
+            metadata = dataclasses.replace(metadata, frames_indices=list(metadata.frames_indices))
             placeholder = self.processor.replace_video_token(
                 {"video_grid_thw": grid_thw, "video_metadata": [metadata]}, video_idx=0)
         text = text.replace(getattr(self.processor, f"{modality}_token"), placeholder, 1)
