@@ -46,7 +46,10 @@ def answer_as_dict(answer: Answer) -> dict:
         for name in ("flops_reduction", "decode_tokens_per_second", "total_flops", "total_flops_baseline",
                      "total_reduction", "first_answer_seconds"):
             stats[name] = getattr(answer.stats, name)
-    return {"answer": answer.text, "config": asdict(answer.config), "stats": stats, "cancelled": answer.cancelled}
+    # What was lost from a damaged or truncated file, as `SampledFrames.note` says it (empty for a sound one).
+    note = answer.trace.frames.note if answer.trace is not None else ""
+    return {"answer": answer.text, "config": asdict(answer.config), "stats": stats, "cancelled": answer.cancelled,
+            "video_note": note}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     stats = answer.stats
     print()
+    if answer.trace is not None and answer.trace.frames.note:
+        print(f"note: {answer.trace.frames.note}", file=sys.stderr)
     print(
         f"[{stats.num_frames} frames, visual tokens {stats.visual_tokens_before_merge} -> "
         f"{stats.visual_tokens_after_merge} after merging, prefill {stats.flops / 1e12:.3f} TFLOPs "

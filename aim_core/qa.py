@@ -296,9 +296,9 @@ class VideoQA:
         except OSError:
             key = None  # sample_frames says what is wrong with the path
         if key not in self._frames:
-            # Decoded at the size the model needs (fit passed positionally: tests wrap sample_frames in *args).
-            frames = sample_frames(path, num_frames, lambda height, width: self.adapter.frame_size(height, width,
-                                                                                                   num_frames))
+            # Decoded at the size the model needs, never held at the source's.
+            frames = sample_frames(path, num_frames,
+                                   fit=lambda height, width: self.adapter.frame_size(height, width, num_frames))
             self._frames[key] = frames
             _trim(self._frames, self._cached_videos)
         self._frames.move_to_end(key)

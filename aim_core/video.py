@@ -110,15 +110,13 @@ class _Timeline:
     """The video stream's frames in presentation order, as its packets list them.
 
     pts: int64 [N], sorted and distinct, in `time_base` units. end: where the last frame's display ends.
-    keyframes: int64 [K], sorted indices into `pts` of the frames a decoder can start from; seek_to: int64 [K], the
-    timestamp to seek to for each (its decoding time where known: mp4 seeks by it). start_time: the stream's start,
-    which OpenCV counts its times from.
+    keyframes: int64 [K], sorted indices into `pts` of the frames a decoder can start from (the first frame always
+    counts as one). start_time: the stream's start, which OpenCV counts its times from.
     """
 
     pts: np.ndarray
     end: int
     keyframes: np.ndarray
-    seek_to: np.ndarray
     time_base: Fraction
     start_time: int
 
@@ -165,8 +163,8 @@ def frame_indices(num_available: int, num_frames: int) -> np.ndarray:
     return ((np.arange(num_frames) + 0.5) * num_available / num_frames).astype(np.int64)
 
 
-def sample_frames(path: str | os.PathLike, num_frames: int, fit: FitSize | None = None, *, backend: str | None = None,
-                  max_bytes: int = DEFAULT_FRAME_BUDGET) -> SampledFrames:
+def sample_frames(path: str | os.PathLike, num_frames: int, backend: str | None = None, *,
+                  fit: FitSize | None = None, max_bytes: int = DEFAULT_FRAME_BUDGET) -> SampledFrames:
     """Decode the `num_frames` frames on screen at the centres of equal segments of the video's duration (every frame
     once if it has no more than that).
 
@@ -309,7 +307,7 @@ def _read_timeline(
     container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: str
 ) -> _Timeline:
     """Every frame's timestamp, from the packets (demuxed, not decoded): the data the file really holds."""
-    stamps, durations, keyframes = [], {}, {}
+    stamps, durations, keyframes = [], {}, set()
     packets = container.demux(stream)
     while True:
         try:
@@ -325,22 +323,17 @@ def _read_timeline(
         stamps.append(pts)
         durations[pts] = packet.duration or 0
         if packet.is_keyframe:
-            keyframes[pts] = packet.dts if packet.dts is not None else pts
+            keyframes.add(pts)
     if not stamps:
         raise VideoError(f"{path} has no readable video frames (it may be truncated)")
     pts = np.unique(np.array(stamps, dtype=np.int64))
     last_duration = durations[int(pts[-1])] or (int(pts[-1] - pts[-2]) if len(pts) > 1 else 0)
     if not last_duration and stream.average_rate:
         last_duration = round(1 / (stream.average_rate * stream.time_base))
-    key_pts = np.array(sorted(keyframes), dtype=np.int64)
-    if len(key_pts) == 0 or key_pts[0] != pts[0]:  # always allow starting from the top
-        key_pts = np.concatenate([pts[:1], key_pts])
-        keyframes[int(pts[0])] = int(pts[0])
     return _Timeline(
         pts=pts,
         end=int(pts[-1]) + last_duration,
-        keyframes=np.searchsorted(pts, key_pts),
-        seek_to=np.array([keyframes[int(p)] for p in key_pts], dtype=np.int64),
+        keyframes=np.searchsorted(pts, sorted(keyframes | {int(pts[0])})),
         time_base=stream.time_base,
         start_time=stream.start_time or 0,
     )
@@ -491,11 +484,11 @@ def _read_pyav(info: VideoInfo, timeline: _Timeline, wanted: np.ndarray,
 def _seek_pyav(container: av.container.InputContainer, stream: av.video.stream.VideoStream, timeline: _Timeline,
                index: int) -> Iterator[tuple[int | None, av.VideoFrame]]:
     """Frames decoded from the last keyframe before frame `index` on. When the first frame decoded is already past
-    `index` (a seek by decoding time can land a keyframe late, or the keyframe is damaged), earlier keyframes are
-    tried."""
+    `index` (a container that indexes decoding times can land a keyframe late, or the keyframe is damaged), earlier
+    keyframes are tried."""
     nearest = timeline.keyframe_before(index)
     for key in range(nearest, max(nearest - _RETRIES, -1), -1):
-        container.seek(int(timeline.seek_to[key]), stream=stream)
+        container.seek(int(timeline.pts[timeline.keyframes[key]]), stream=stream)
         frames = _decoded_frames(container, stream)
         first = next(frames, None)
         if first is None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from aim_core.adapters.qwen_vl import cluster_mean, representatives
-from aim_core.merge import merge_frames, merged_count
+from aim_core.merge import merge_frames
 
 
 @dataclass
@@ -35,11 +35,6 @@ def tokens_per_step(grid_thw: tuple[int, int, int], merge_size: int) -> int:
     """LLM tokens per temporal step of a video whose patch grid is `grid_thw`."""
     _, height, width = grid_thw
     return (height // merge_size) * (width // merge_size)
-
-
-def merged_video_tokens(grid_thw: tuple[int, int, int], merge_size: int, keep: float) -> int:
-    """How many tokens a video keeps in all: each step's tokens merged to `keep` of them."""
-    return grid_thw[0] * merged_count(tokens_per_step(grid_thw, merge_size), keep)
 
 
 def merge_video(embeds: torch.Tensor, grid_thw: tuple[int, int, int], merge_size: int, keep: float,

@@ -96,8 +96,8 @@ class Callbacks:
         except AIMError as error:
             gr.Warning(str(error))
             return None, report.note(str(error), bad=True)
-        return info, report.note(report.video_summary(info.duration, info.width, info.height, info.fps,
-                                                      info.num_frames))
+        summary = report.note(report.video_summary(info.duration, info.width, info.height, info.fps, info.num_frames))
+        return info, summary + (report.note(info.note, bad=True) if info.note else "")
 
     def preview(self, efficiency: object, num_frames: object, info: VideoInfo | None, question: object,
                 measured: Measured | None, to_last_layer: object,
@@ -136,6 +136,8 @@ class Callbacks:
             if not answer.cancelled:
                 history.add(RunPoint.of(key, float(efficiency), answer))
             status = report.run_status(answer.stats, answer.cancelled)
+            if prepared.frames.note:  # a damaged file, answered from what decodes
+                status += report.note(prepared.frames.note, bad=True)
             stock = None
             if compare and not answer.cancelled:
                 stock = yield from self._streamed(prepared, question, AIMConfig.none(), request, "baseline_answer",

@@ -132,7 +132,7 @@ def measure(path: str, num_frames: int, backend: str, fit: bool) -> dict:
     start = time.perf_counter()
     probe_video(path)
     probed = time.perf_counter()
-    sampled = sample_frames(path, num_frames, llava_fit if fit else None, backend=backend)
+    sampled = sample_frames(path, num_frames, backend, fit=llava_fit if fit else None)
     done = time.perf_counter()
     return {"rss_before": before, "peak_rss": peak_rss(), "probe_s": probed - start, "total_s": done - start,
             "shape": list(sampled.frames.shape), "frame_bytes": sampled.frames.nbytes}

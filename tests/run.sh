@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the tests need on a fresh machine (Debian's chromium and ffmpeg, a venv at .venv with the pinned
-# requirements) and run the whole suite. Extra arguments go to pytest.
+# requirements, .venv-vllm for the vLLM plugin) and run the whole suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,4 +18,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r requirements-test.txt
-exec .venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest "$@"
+# The vLLM plugin's tests, in their own environment (.venv-vllm, made on first use: vLLM pins its own torch).
+exec aim_vllm/run_tests.sh "$@"

@@ -218,13 +218,18 @@ def test_second_question_skips_the_vision_tower(tiny_llava, random_frames):
     try:
         first = qa.answer(random_frames, QUESTION, max_new_tokens=2)
         second = qa.answer(random_frames, "How many objects?", max_new_tokens=2)
-        third = qa.answer(random_frames, QUESTION, config=AIMConfig.from_efficiency(0.3), max_new_tokens=2)
+        # Another LLM-side setting with the stock tower: the tower's output is reused.
+        third = qa.answer(random_frames, QUESTION, config=AIMConfig.from_efficiency(0.3).paper(), max_new_tokens=2)
         assert len(calls) == 1
         other = qa.answer(random_frames[::-1].copy(), QUESTION, max_new_tokens=2)
+        # Merging inside the tower changes its output: it runs again, once per vision setting.
+        merged = [qa.answer(random_frames, QUESTION, config=AIMConfig.from_efficiency(e), max_new_tokens=2)
+                  for e in (0.6, 0.7)]
     finally:
         handle.remove()
     assert not first.stats.vision_cached and second.stats.vision_cached and third.stats.vision_cached
-    assert not other.stats.vision_cached and len(calls) == 2
+    assert not other.stats.vision_cached and not merged[0].stats.vision_cached and merged[1].stats.vision_cached
+    assert len(calls) == 3
 
 
 def test_stream_yields_the_answer_as_it_grows(qa, random_frames):
@@ -316,7 +321,8 @@ def test_follow_up_on_the_same_file_skips_decoding(tiny_llava, random_frames, tm
     write_video(path, random_frames, fps=4)
     decoded = []
     real = qa_module.sample_frames
-    monkeypatch.setattr(qa_module, "sample_frames", lambda *args: decoded.append(args) or real(*args))
+    monkeypatch.setattr(qa_module, "sample_frames",
+                        lambda *args, **kwargs: decoded.append(args) or real(*args, **kwargs))
     qa = VideoQA.from_model(*tiny_llava)
     qa.answer(path, QUESTION, num_frames=4, max_new_tokens=1)
     second = qa.answer(str(path), "How many?", num_frames=4, max_new_tokens=1)

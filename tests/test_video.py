@@ -219,8 +219,11 @@ def test_decord_neither_hangs_nor_crashes_on_damaged_files(bad_files, videos, tm
     data[len(data) // 3 : len(data) // 2] = np.random.default_rng(0).bytes(len(data) // 2 - len(data) // 3)
     (tmp_path / "damaged.mp4").write_bytes(bytes(data))
     paths = [str(path) for path, _ in bad_files.values()] + [str(tmp_path / "damaged.mp4")]
+    # The child loads aim_core's video module without the package's __init__, which imports torch (seconds).
     script = """
-import sys
+import sys, types
+sys.modules["aim_core"] = types.ModuleType("aim_core")
+sys.modules["aim_core"].__path__ = ["aim_core"]
 from aim_core.errors import VideoError
 from aim_core.video import sample_frames
 for path in sys.argv[1:]:
@@ -335,7 +338,7 @@ def test_all_frames_of_a_variable_frame_rate_video_come_once(vfr_videos, backend
 @pytest.mark.parametrize("backend", INSTALLED)
 def test_frames_are_decoded_at_the_size_fit_asks(videos, backend):
     asked = []
-    sampled = sample_frames(videos["mp4"], 8, lambda h, w: asked.append((h, w)) or (h // 2, w // 2), backend=backend)
+    sampled = sample_frames(videos["mp4"], 8, backend, fit=lambda h, w: asked.append((h, w)) or (h // 2, w // 2))
     assert asked == [(HEIGHT, WIDTH)]
     assert sampled.frames.shape == (8, HEIGHT // 2, WIDTH // 2, 3)
     assert [read_index(frame) for frame in sampled.frames] == [6, 18, 31, 43, 56, 68, 81, 93]
@@ -347,7 +350,7 @@ def test_fit_gets_and_gives_the_upright_size_of_a_rotated_video(tmp_path):
     path = encode(tmp_path / "rotated.mp4", "libx264", [stored] * 10, rotation=90)
     for backend in ["pyav", "opencv"]:
         asked = []
-        sampled = sample_frames(path, 2, lambda h, w: asked.append((h, w)) or (h // 2, w // 2), backend=backend)
+        sampled = sample_frames(path, 2, backend, fit=lambda h, w: asked.append((h, w)) or (h // 2, w // 2))
         assert asked == [(WIDTH, HEIGHT)] and sampled.frames.shape == (2, WIDTH // 2, HEIGHT // 2, 3)
         assert sampled.frames[0, 26:30, 1:5].mean() > 200 and sampled.frames[0, 1:5, 18:22].mean() < 50
 
@@ -369,7 +372,7 @@ def test_frames_that_cannot_fit_the_budget_raise_video_error(videos):
 @pytest.mark.parametrize("fit", [lambda h, w: (0, w), lambda h, w: (h / 2, w / 2), lambda h, w: h])
 def test_bad_fit_raises_settings_error(videos, fit):
     with pytest.raises(SettingsError, match="fit"):
-        sample_frames(videos["mp4"], 4, fit)
+        sample_frames(videos["mp4"], 4, fit=fit)
 
 
 def failing_reader(backend: str, monkeypatch) -> None:

@@ -9,7 +9,7 @@ from aim_core.errors import SettingsError
 from aim_core.merge import merge_frames
 
 from aim_vllm.config import ENV_VAR, default_keep
-from aim_vllm.merging import merge_video, merged_video_tokens, qwen2_5_video_positions
+from aim_vllm.merging import merge_video, qwen2_5_video_positions, tokens_per_step
 
 
 def test_merge_video_is_aim_cores_merge_per_step() -> None:
@@ -22,7 +22,7 @@ def test_merge_video_is_aim_cores_merge_per_step() -> None:
     deepstack = cluster_mean(embeds.view(steps, n, -1)[..., dim:], reference)
     expected = torch.cat([reference.tokens, deepstack], dim=-1).flatten(0, 1)
     torch.testing.assert_close(merged.embeds, expected)
-    assert merged.kept_per_step == 6 and merged_video_tokens(grid, 2, 0.25) == steps * 6
+    assert tokens_per_step(grid, 2) == n and merged.kept_per_step == 6 and len(merged.embeds) == steps * 6
     place = representatives(reference.source, (4, 6), 6)
     assert merged.kept_index.tolist() == (place + torch.arange(steps)[:, None] * n).flatten().tolist()
 
