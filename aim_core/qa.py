@@ -37,8 +37,8 @@ from .errors import ModelError, QuestionError, SettingsError, VideoError
 from .flops import DecoderShape, prefill_flops, vision_flops
 from .merge import MergeResult
 from .patch import PrefillRecord, VisualTokenPruner
-from .vision_patch import VisionRecord, VisionTokenMerger
 from .video import SampledFrames, frame_indices, sample_frames
+from .vision_patch import VisionRecord, VisionTokenMerger
 
 MAX_FRAMES = 512
 MAX_QUESTION_CHARS = 2000

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from aim_core.adapters.qwen_vl import cluster_mean, representatives
 from aim_core.merge import merge_frames
 

@@ -182,8 +182,10 @@ class Callbacks:
             return gr.skip()
         return pictures.kept_gallery(int(layer))
 
-    def load_model(self, key: str, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple[str, Any, str]:
-        """Switch models; on failure the previous one stays loaded, and the picker and the message say so."""
+    def load_model(self, key: str,
+                   progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple[str, Any, str, Any]:
+        """Switch models; on failure the previous one stays loaded, and the picker and the message say so. Merging
+        inside the vision tower is switched to the new model's default (`Runner.vision_merge_pays`)."""
         key = {published_key(choice.key): choice.key for choice in self.registry.choices()}.get(key, key)
         progress(0, desc=f"Loading {published_key(key)}")
         try:
@@ -191,8 +193,9 @@ class Callbacks:
         except ModelError as error:
             message = f"{error} Still using {self.registry.choice.label}."
             gr.Warning(message, title="Model not loaded")
-            return gr.skip(), self._picker(), report.note(message, bad=True)
-        return report.header(choice), self._picker(), report.note(f"Loaded {choice.label}.")
+            return gr.skip(), self._picker(), report.note(message, bad=True), gr.skip()
+        return (report.header(choice), self._picker(), report.note(f"Loaded {choice.label}."),
+                self.runner.vision_merge_pays())
 
     def _streamed(self, prepared: PreparedVideo, question: str, config: AIMConfig, request: gr.Request,
                   target: str, **first: Any) -> Iterator[tuple]:

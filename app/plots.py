@@ -69,7 +69,12 @@ def time_figure(stats: Stats, label: str, baseline: Stats | None = None) -> go.F
                        hovertemplate=f"{name}: %{{x:.2f}} s<extra>%{{y}}</extra>")
     total, unreduced_total = (sum(values) for values in
                               ([seconds(stats) for _, _, seconds in STAGES], baseline_seconds))
-    figure.add_annotation(text=f"{unreduced_total / max(total, 1e-9):.1f}× faster end to end", x=total, y=label,
+    speedup = unreduced_total / max(total, 1e-9)
+    if 0.95 <= speedup < 1.05:
+        verdict = "about as fast end to end"
+    else:
+        verdict = f"{speedup:.1f}× faster end to end" if speedup > 1 else f"{1 / speedup:.1f}× slower end to end"
+    figure.add_annotation(text=verdict, x=total, y=label,
                           xanchor="left", showarrow=False, font={"size": 14, "color": INDIGO}, xshift=6)
     figure.update_layout(barmode="stack", xaxis_title="seconds (first question about the video)",
                          **_layout("Where the time went"))
@@ -128,9 +133,10 @@ def tradeoff_figure(history: History, current: RunKey | None) -> go.Figure:
                               font={"color": "#6b7280", "size": 14})
     # A fixed 0-100% scale (stretched if a run was slower than no reduction), so runs stay comparable at a glance.
     top = max([105.0] + [y + 5 for trace in figure.data for y in (trace.y or ())])
+    layout = _layout("Trade-off: cost against efficiency")
+    layout["margin"] = {**layout["margin"], "t": 110}  # room for a legend of up to three rows
     figure.update_layout(xaxis={"title": "efficiency (0 = no reduction)", "range": [-0.04, 1.04]},
-                         yaxis={"title": "% of the cost of no reduction", "range": [0, top]},
-                         **_layout("Trade-off: cost against efficiency"))
+                         yaxis={"title": "% of the cost of no reduction", "range": [0, top]}, **layout)
     return figure
 
 

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from aim_core import AIMConfig, AIMError
+from aim_core import AIMError
 
 from . import zerogpu
 from .callbacks import Callbacks

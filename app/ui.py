@@ -91,10 +91,13 @@ def build_app(runner: Runner) -> gr.Blocks:
                                             info="Keep some visual tokens down to the LLM's last layer instead of "
                                                  "none from 3/4 of its depth on: a little more cost, better answers "
                                                  "from shallow models such as the demo model.")
-                vision_merge = gr.Checkbox(value=True, label="Merge inside the vision tower", elem_id="vision-merge",
+                vision_merge = gr.Checkbox(value=runner.vision_merge_pays(), label="Merge inside the vision tower",
+                                           elem_id="vision-merge",
                                            info="From efficiency 0.25, the vision tower's blocks also run on merged "
                                                 "patches: most of the wait for models up to a few billion "
-                                                "parameters. Off: the paper's method alone, the stock tower.")
+                                                "parameters. Off: the paper's method alone, the stock tower. On by "
+                                                "default where the tower is most of the cost (not for the demo "
+                                                "model).")
                 prediction = gr.HTML(elem_id="prediction")
                 compare = gr.Checkbox(label="Compare with no reduction", elem_id="compare",
                                       info="Also runs the stock model: both answers side by side, with the speedup. "
@@ -131,8 +134,6 @@ def build_app(runner: Runner) -> gr.Blocks:
                         vision_clusters = gr.Gallery(show_label=False, columns=4, height=420, object_fit="contain",
                                                      format="jpeg", buttons=["download", "fullscreen"],
                                                      elem_id="vision-clusters")
-                    with gr.Tab("Where the time went"):
-                        time_plot = gr.Plot(show_label=False, elem_id="time")
         if samples:
             with gr.Accordion("Samples: videos with suggested questions and their answers", open=True):
                 # The page gets each sample's name, never its file on the server: a click loads the video by name.
@@ -144,6 +145,7 @@ def build_app(runner: Runner) -> gr.Blocks:
             # A question or video of one's own has no known answer.
             for edited in (question.input, video.upload):
                 edited(None, None, expected, js="() => ''", api_visibility="private")
+        time_plot = gr.Plot(show_label=False, elem_id="time")  # where the wait of a first answer went
         with gr.Row(equal_height=True):
             layers_plot = gr.Plot(show_label=False, elem_id="layers")
             tradeoff_plot = gr.Plot(tradeoff_figure(History(), None), show_label=False, elem_id="tradeoff")
@@ -181,7 +183,7 @@ def build_app(runner: Runner) -> gr.Blocks:
         stop.click(None, cancels=runs, **private)
         layer.input(callbacks.layer_changed, [layer, pictures], [kept], trigger_mode="always_last",
                     show_progress="hidden", **private)
-        load.click(callbacks.load_model, [model], [header, model, model_note], concurrency_id=MODEL_RUNS,
+        load.click(callbacks.load_model, [model], [header, model, model_note, vision_merge], concurrency_id=MODEL_RUNS,
                    show_progress_on=[model], **private).then(**preview)
         api_trigger.click(answer_on_gpu, [video, question, efficiency, frames], [answer, stats_json],
                           api_name="answer", concurrency_id=MODEL_RUNS, preprocess=False)

@@ -125,8 +125,8 @@ def main() -> None:
          f"vision tower takes {100 * base_vision / base_first:.0f}% of the wait. "
          f"Command: `python -m benchmarks.end_to_end {command}`."),
         "",
-        "| setting | tower tokens per frame (last block) | visual tokens to LLM | vision + prefill TFLOPs | "
-        "FLOPs cut | frames s | vision s | merge s | prefill s | first question: first token s | speedup | "
+        "| setting | tower tokens per step (a frame; Qwen: 2 frames), last block | visual tokens to LLM | "
+        "vision + prefill TFLOPs | FLOPs cut | frames s | vision s | merge s | prefill s | first question: first token s | speedup | "
         "follow-up: first token s | speedup |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]

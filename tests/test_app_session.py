@@ -12,8 +12,17 @@ import pytest
 
 import app  # noqa: F401  (analytics off before gradio is imported)
 import launch
-from aim_core import (AIMConfig, AIMError, AnswerStream, ModelError, QuestionError, SettingsError, VideoError,
-                      VideoQA, probe_video)
+from aim_core import (
+    AIMConfig,
+    AIMError,
+    AnswerStream,
+    ModelError,
+    QuestionError,
+    SettingsError,
+    VideoError,
+    VideoQA,
+    probe_video,
+)
 from app import models, samples
 from app.callbacks import Callbacks, published_key, published_sample
 from app.history import History, RunKey, RunPoint, same_answer

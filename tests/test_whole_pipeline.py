@@ -187,3 +187,17 @@ def test_the_pictures_show_what_was_merged_inside_the_tower(four_block_qa, rando
     assert len(gallery) == 3 and gallery[0][1].endswith("64→16")
     whole = four_block_qa.answer(frames, QUESTION, AIMConfig(), max_new_tokens=1)
     assert whole.trace.vision_clusters() is None and Pictures.of(whole.trace).vision_gallery() == []
+
+
+def test_the_app_merges_inside_the_tower_by_default_only_where_the_tower_is_most_of_the_cost():
+    from app.models import DEMO_MODEL, ModelChoice, ModelRegistry
+    from app.session import Runner
+
+    def runner(model_and_processor) -> Runner:
+        choice = ModelChoice("test", "test model")
+        return Runner(ModelRegistry(DEMO_MODEL, choice, VideoQA.from_model(*model_and_processor)))
+
+    big_tower = LlavaOnevisionShape(image_size=64, patch_size=8, vision_hidden=256, vision_layers=6, text_layers=2)
+    assert runner(build_llava_onevision(big_tower)).vision_merge_pays()
+    assert not runner(build_llava_onevision(FOUR_BLOCKS)).vision_merge_pays()  # a 32-wide tower: the LLM dominates
+    assert not runner(build_qwen_vl(QwenVLShape(family="qwen2_5_vl"))).vision_merge_pays()  # cannot merge

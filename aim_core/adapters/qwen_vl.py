@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers import Qwen3VLVideoProcessor
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 from transformers.video_utils import VideoMetadata
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from aim_core.merge import merged_count
 
 from .conftest import FAMILIES, run_vllm

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from aim_core.errors import SettingsError
 from vllm import ModelRegistry
 
+from aim_core.errors import SettingsError
 from aim_vllm.config import ENV_VAR
 from aim_vllm.plugin import ARCHITECTURES, register
 
