@@ -126,8 +126,8 @@ def main() -> None:
          f"Command: `python -m benchmarks.end_to_end {command}`."),
         "",
         "| setting | tower tokens per step (a frame; Qwen: 2 frames), last block | visual tokens to LLM | "
-        "vision + prefill TFLOPs | FLOPs cut | frames s | vision s | merge s | prefill s | first question: first token s | speedup | "
-        "follow-up: first token s | speedup |",
+        "vision + prefill TFLOPs | FLOPs cut | frames s | vision s | merge s | prefill s | "
+        "first question: first token s | speedup | follow-up: first token s | speedup |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for setting in settings:
