@@ -37,8 +37,33 @@ class VisionWork:
         return vision_flops(self.shape, steps, self.patches_per_step, self.keep_counts(config))
 
 
+class PipelineFlops:
+    """The ratios and sums of a cost's four FLOPs fields (`flops`, `flops_baseline`: the LLM prefill with and without
+    the reduction; `vision_flops`, `vision_flops_baseline`: the vision tower and projector), shared by the predicted
+    `CostEstimate` and the measured `aim_core.Stats`."""
+
+    @property
+    def flops_reduction(self) -> float:
+        """How many times fewer prefill FLOPs than with no reduction."""
+        return self.flops_baseline / self.flops
+
+    @property
+    def total_flops(self) -> int:
+        """The whole pipeline a first question pays for: the vision tower and the prefill."""
+        return self.vision_flops + self.flops
+
+    @property
+    def total_flops_baseline(self) -> int:
+        return self.vision_flops_baseline + self.flops_baseline
+
+    @property
+    def total_reduction(self) -> float:
+        """How many times fewer FLOPs the whole pipeline (vision + prefill) takes than with no reduction."""
+        return self.total_flops_baseline / self.total_flops
+
+
 @dataclass(frozen=True)
-class CostEstimate:
+class CostEstimate(PipelineFlops):
     """One question about one video under one setting: the LLM's prefill and, where known, the vision tower's work.
 
     Attributes:
@@ -61,25 +86,6 @@ class CostEstimate:
     flops_baseline: int
     vision_flops: int = 0
     vision_flops_baseline: int = 0
-
-    @property
-    def flops_reduction(self) -> float:
-        """How many times fewer prefill FLOPs than with no reduction."""
-        return self.flops_baseline / self.flops
-
-    @property
-    def total_flops(self) -> int:
-        """The whole pipeline a first question pays for: the vision tower and the prefill."""
-        return self.vision_flops + self.flops
-
-    @property
-    def total_flops_baseline(self) -> int:
-        return self.vision_flops_baseline + self.flops_baseline
-
-    @property
-    def total_reduction(self) -> float:
-        """How many times fewer FLOPs the whole pipeline (vision + prefill) takes than with no reduction."""
-        return self.total_flops_baseline / self.total_flops
 
 
 def estimate_cost(

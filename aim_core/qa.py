@@ -32,7 +32,7 @@ from .adapters import adapter_for
 from .adapters.base import VideoEncoding, VideoLLMAdapter
 from .cancel import Cancelled, cancellable
 from .config import AIMConfig, TokenReduction, no_pruning_before
-from .cost import BudgetPlan, CostEstimate, VisionWork, estimate_cost, plan_for_budget
+from .cost import BudgetPlan, CostEstimate, PipelineFlops, VisionWork, estimate_cost, plan_for_budget
 from .errors import ModelError, QuestionError, SettingsError, VideoError
 from .flops import DecoderShape, prefill_flops, vision_flops
 from .merge import MergeResult
@@ -49,7 +49,7 @@ VideoInput = str | Path | SampledFrames | np.ndarray | PIL.Image.Image
 
 
 @dataclass
-class Stats:
+class Stats(PipelineFlops):
     """What one answer cost, measured, next to the same question with no reduction (analytic).
 
     The wait for the first token is `video_decode_seconds` (sampling the frames) + `vision_seconds` (vision tower
@@ -82,28 +82,10 @@ class Stats:
     vision_tokens_per_layer: list[int] = field(default_factory=list)
 
     @property
-    def flops_reduction(self) -> float:
-        return self.flops_baseline / self.flops
-
-    @property
     def first_answer_seconds(self) -> float:
         """The wait for the first token of a first question about the video: frames, vision tower (what encoding
         took, also when this answer found it cached), merge and prefill."""
         return self.video_decode_seconds + self.vision_seconds + self.merge_seconds + self.prefill_seconds
-
-    @property
-    def total_flops(self) -> int:
-        """Vision tower + prefill: what a first question about the video costs."""
-        return self.vision_flops + self.flops
-
-    @property
-    def total_flops_baseline(self) -> int:
-        return self.vision_flops_baseline + self.flops_baseline
-
-    @property
-    def total_reduction(self) -> float:
-        """How many times fewer FLOPs vision + prefill took than with no reduction."""
-        return self.total_flops_baseline / self.total_flops
 
     @property
     def decode_tokens_per_second(self) -> float:
