@@ -40,7 +40,7 @@ from transformers.video_utils import VideoMetadata
 
 from ..errors import VideoError
 from ..flops import VisionShape
-from ..merge import MergeResult
+from ..merge import MergeResult, cluster_means
 from .base import Prompt, VideoEncoding, VideoLLMAdapter, VisualLayout
 
 # qwen-vl-utils' video sizing constants (see the module's docstring), in tokens of factor x factor pixels, where the
@@ -291,11 +291,4 @@ def representatives(source: torch.Tensor, grid: tuple[int, int], kept: int) -> t
 def cluster_mean(features: torch.Tensor, merged: MergeResult) -> torch.Tensor:
     """`[steps, kept, dim]` mean of `[steps, n, dim]` per-token features over each merged token's cluster, which is
     what merging made of the tokens themselves (its size-weighted means compose to the plain mean)."""
-    steps, _, dim = features.shape
-    source = merged.source.to(features.device)
-    member = (source >= 0)[..., None].to(features.dtype)
-    index = source.clamp(min=0)[..., None]
-    summed = features.new_zeros(steps, merged.tokens.shape[1], dim).scatter_add_(1, index.expand(-1, -1, dim),
-                                                                              features * member)
-    size = features.new_zeros(steps, merged.tokens.shape[1], 1).scatter_add_(1, index, member)
-    return summed / size
+    return cluster_means(features, merged.source.to(features.device), merged.tokens.shape[1])
