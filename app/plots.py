@@ -3,6 +3,7 @@ runs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from html import escape
 
 import plotly.graph_objects as go
@@ -102,22 +103,10 @@ def tradeoff_figure(history: History, current: RunKey | None) -> go.Figure:
         figure.add_scatter(x=[p.efficiency for p in runs], y=[100 * p.total_flops_fraction for p in runs],
                            mode="lines", name="vision + prefill FLOPs", line={"color": TEAL, "width": 2},
                            hovertemplate="efficiency %{x:.2f}<br>vision + prefill FLOPs %{y:.0f}%<extra></extra>")
-        latency = [(p, fraction) for p in runs if (fraction := history.prefill_fraction(p)) is not None]
-        if latency:
-            figure.add_scatter(x=[p.efficiency for p, _ in latency], y=[100 * f for _, f in latency],
-                               mode="lines+markers", name="prefill time",
-                               line={"color": AMBER, "width": 2, "dash": "dot"},
-                               customdata=[p.prefill_seconds for p, _ in latency],
-                               hovertemplate="efficiency %{x:.2f}<br>prefill %{y:.0f}% (%{customdata:.3f} s)"
-                                             "<extra></extra>")
-        waits = [(p, fraction) for p in runs if (fraction := history.first_answer_fraction(p)) is not None]
-        if waits:
-            figure.add_scatter(x=[p.efficiency for p, _ in waits], y=[100 * f for _, f in waits],
-                               mode="lines+markers", name="first answer, end to end",
-                               line={"color": PINK, "width": 2, "dash": "dot"},
-                               customdata=[p.first_answer_seconds for p, _ in waits],
-                               hovertemplate="efficiency %{x:.2f}<br>first answer %{y:.0f}% (%{customdata:.2f} s)"
-                                             "<extra></extra>")
+        _add_measured_time(figure, runs, history.prefill_fraction, lambda p: p.prefill_seconds, "prefill time",
+                           "prefill", AMBER, ".3f")
+        _add_measured_time(figure, runs, history.first_answer_fraction, lambda p: p.first_answer_seconds,
+                           "first answer, end to end", "first answer", PINK, ".2f")
         for agreement, (name, symbol, colour) in AGREEMENT_MARKERS.items():
             group = [p for p in runs if history.agrees(p) is agreement]
             if group:
@@ -138,6 +127,19 @@ def tradeoff_figure(history: History, current: RunKey | None) -> go.Figure:
     figure.update_layout(xaxis={"title": "efficiency (0 = no reduction)", "range": [-0.04, 1.04]},
                          yaxis={"title": "% of the cost of no reduction", "range": [0, top]}, **layout)
     return figure
+
+
+def _add_measured_time(figure: go.Figure, runs: list[RunPoint], fraction_of: Callable[[RunPoint], float | None],
+                       seconds_of: Callable[[RunPoint], float], name: str, hover_name: str, colour: str,
+                       seconds_format: str) -> None:
+    """A dotted line of a time measured in `runs`, as a % of the no-reduction run's (runs without one are left out)."""
+    measured = [(p, fraction) for p in runs if (fraction := fraction_of(p)) is not None]
+    if measured:
+        figure.add_scatter(x=[p.efficiency for p, _ in measured], y=[100 * f for _, f in measured],
+                           mode="lines+markers", name=name, line={"color": colour, "width": 2, "dash": "dot"},
+                           customdata=[seconds_of(p) for p, _ in measured],
+                           hovertemplate=f"efficiency %{{x:.2f}}<br>{hover_name} %{{y:.0f}}% "
+                                         f"(%{{customdata:{seconds_format}}} s)<extra></extra>")
 
 
 def _hover_answer(point: RunPoint) -> str:
