@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +32,8 @@ from aim_core.random_models import (
     build_qwen_vl,
 )
 from aim_core.video import write_video
+from benchmarks.latency import RESULTS, device_label, save_table
 
-RESULTS = Path(__file__).parent / "results"
 QUESTIONS = ("What happens in this video?", "What colour is the moving shape?")
 
 
@@ -90,8 +89,7 @@ def main() -> None:
                 Setting("AIM, paper (`AIMConfig()`: LLM only)", AIMConfig()),
                 Setting("app default (efficiency 0.75: + vision tower)", AIMConfig.from_efficiency(0.75)),
                 Setting("efficiency 0.9", AIMConfig.from_efficiency(0.9))]
-    device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else \
-        f"CPU, {torch.get_num_threads()} threads"
+    device_name = device_label(args.device)
     first: dict[str, list[Answer]] = {s.name: [] for s in settings}
     follow_up: dict[str, list[Answer]] = {s.name: [] for s in settings}
     with tempfile.TemporaryDirectory() as folder:
@@ -142,12 +140,7 @@ def main() -> None:
             f"{median(first, setting.name, lambda s: s.merge_seconds):.2f} | "
             f"{median(first, setting.name, lambda s: s.prefill_seconds):.2f} | {first_token:.2f} | "
             f"**{base_first / first_token:.2f}x** | {follow:.2f} | **{base_follow / follow:.2f}x** |")
-    table = "\n".join(lines)
-    print()
-    print(table)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(table + "\n")
-    print(f"\nwritten to {args.out} ({time.strftime('%Y-%m-%d')})")
+    save_table("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

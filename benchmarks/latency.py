@@ -93,6 +93,22 @@ def peak_memory(qa: VideoQA, frames: np.ndarray, config: AIMConfig, new_tokens: 
     return memory.extra_bytes
 
 
+def device_label(device: str) -> str:
+    """The device a benchmark ran on, as its tables say it."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    return f"CPU, {torch.get_num_threads()} threads"
+
+
+def save_table(table: str, out: str | Path) -> None:
+    """Print a benchmark's markdown table and write it where `update_readme` copies it from."""
+    print()
+    print(table)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(table + "\n")
+    print(f"\nwritten to {out} ({time.strftime('%Y-%m-%d')})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=("llava_onevision", "qwen2_5_vl"), default="llava_onevision",
@@ -124,8 +140,7 @@ def main() -> None:
                 Setting("AIM default, PageRank importance", AIMConfig(importance="pagerank"))]
     settings += [Setting(f"efficiency {e}", AIMConfig.from_efficiency(float(e))) for e in args.efficiencies.split(",")]
 
-    device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else \
-        f"CPU, {torch.get_num_threads()} threads"
+    device_name = device_label(args.device)
     # warm-up, and fills the vision cache so only the LLM is timed
     visual = run_once(qa, frames, settings[0].config, 2).stats.visual_tokens_before_merge
     print(f"device: {device_name}; model: {model_name} language model, random weights, {args.dtype}; "
@@ -166,12 +181,7 @@ def main() -> None:
             f"{stats.kv_cache_bytes / 2**20:.1f} | {used / 2**20:.0f} | "
             f"{saved} | {decode:.1f} |"
         )
-    table = "\n".join(lines)
-    print()
-    print(table)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(table + "\n")
-    print(f"\nwritten to {args.out} ({time.strftime('%Y-%m-%d')})")
+    save_table("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

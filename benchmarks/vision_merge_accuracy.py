@@ -12,12 +12,10 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import replace
-from pathlib import Path
 
 from aim_core import AIMConfig, VideoQA
+from benchmarks.latency import RESULTS, save_table
 from benchmarks.synthetic_qa import DEFAULT_MODEL, evaluate, held_out_videos
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
@@ -59,9 +57,7 @@ def main() -> None:
         lines.append(f"| {name} | {100 * result.accuracy:.1f}% | {100 * result.accuracy / base:.1f}% | "
                      f"{100 * cost.vision_flops / cost.vision_flops_baseline:.0f}% | "
                      f"{100 * cost.total_flops / cost.total_flops_baseline:.1f}% | {kinds} |")
-    table = "\n".join(lines)
-    print(table)
-    Path(args.out).write_text(table + "\n")
+    save_table("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":
