@@ -120,17 +120,23 @@ def test_the_published_chat_template_writes_the_prompt(published):
     assert processor.apply_chat_template(conversation, add_generation_prompt=True) == EXPECTED_PROMPTS[repo_id]
 
 
-def test_efficiency_zero_is_stock_generate_token_for_token(published, landscape):
-    _, qa = published
-    inputs = stock_video_inputs(qa, landscape)
+def assert_unreduced_engine_is_stock(qa: VideoQA, media, inputs: dict) -> torch.Tensor:
+    """With nothing reduced, the engine's prompt is the processor's `inputs` and its generate gives stock generate's
+    tokens; returns those tokens."""
     expected = qa.model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)[0, inputs["input_ids"].shape[1]:]
-    _, encoding, _ = qa.encode(landscape, NUM_FRAMES)
+    _, encoding, _ = qa.encode(media, NUM_FRAMES)
     merged = qa._reduced(next(reversed(qa._cache)), AIMConfig.none())[0]
     prompt = qa.adapter.prompt(QUESTION, encoding, len(qa.adapter.visual_order(encoding, merged)))
     assert torch.equal(prompt.input_ids, inputs["input_ids"])
     ours = qa.model.generate(**qa.adapter.generate_inputs(prompt, encoding, merged), max_new_tokens=NEW_TOKENS,
                              do_sample=False)
     assert torch.equal(ours[0, prompt.length:], expected)
+    return expected
+
+
+def test_efficiency_zero_is_stock_generate_token_for_token(published, landscape):
+    _, qa = published
+    expected = assert_unreduced_engine_is_stock(qa, landscape, stock_video_inputs(qa, landscape))
     answer = qa.answer(landscape, QUESTION, AIMConfig.from_efficiency(0.0), NUM_FRAMES, max_new_tokens=NEW_TOKENS)
     assert answer.stats.new_tokens == len(expected)
     assert answer.stats.flops == answer.stats.flops_baseline
@@ -173,11 +179,4 @@ def test_an_image_is_answered_as_stock_generate(published):
     conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
     inputs = processor(text=processor.apply_chat_template(conversation, add_generation_prompt=True), images=[image],
                        return_tensors="pt")
-    expected = qa.model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)[0, inputs["input_ids"].shape[1]:]
-    _, encoding, _ = qa.encode(image)
-    merged = qa._reduced(next(reversed(qa._cache)), AIMConfig.none())[0]
-    prompt = qa.adapter.prompt(QUESTION, encoding, len(qa.adapter.visual_order(encoding, merged)))
-    assert torch.equal(prompt.input_ids, inputs["input_ids"])
-    ours = qa.model.generate(**qa.adapter.generate_inputs(prompt, encoding, merged), max_new_tokens=NEW_TOKENS,
-                             do_sample=False)
-    assert torch.equal(ours[0, prompt.length:], expected)
+    assert_unreduced_engine_is_stock(qa, image, inputs)
