@@ -7,6 +7,18 @@ of frames, so that only dense frame sampling sees them. Everything is a pure fun
 Every question is labelled with `min_frames`: the fewest uniformly sampled frames (from FRAME_COUNTS) that show
 all the evidence it needs, for every common way of placing a uniform sampling grid (`sampling_grids`). A model that
 is given that many frames can answer it; a model given fewer may not be able to.
+
+Question rules: a question is asked about some sampled frames only when a person looking at just those frames, at the
+demo model's 64 px, answers it for certain (`_answerable`; tests/test_synthetic.py checks them from the pixels):
+- "first" / "last": the first (last) shape to be seen is alone in the frame where it is first seen.
+- "right after X": X and the shape after it are first seen in different frames, and no other shape is first seen
+  in the same frames or between them.
+- "what colour is the ring" / "what shape is the red object": the video holds one such shape, and it is seen.
+- "how many": every shape of that colour (or shape) in the video is seen.
+- "which way": the shape is seen in two or more frames, and between the first and the last of them it moves at
+  least MIN_SHIFT of the frame width (3.8 px at 64 px, a quarter of a pooled visual token) along its direction.
+- "does a ... appear": "yes" when it is seen; "no" only for pairs absent from the whole video, whose colour or shape
+  is in it (so both must be checked together).
 """
 
 from __future__ import annotations

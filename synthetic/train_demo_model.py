@@ -2,14 +2,18 @@
 
     python -m synthetic.train_demo_model --out assets/demo-model --seed 0
 
-From scratch, on CPU, seeded: the data of every step depends only on (seed, stage, step), so a run is reproducible
-up to floating-point differences between machines, and up to where each stage's time cap stops it (`Stage.minutes`):
-a slower machine trains fewer steps (its learning rate still decays fully, `learning_rate`), and the log says where
-each stage stopped. The prompt is exactly the chat template's generation prompt for one video and one question; the
-loss is on the answer and the closing <|im_end|>.
+From scratch, on CPU, seeded: the data of every step depends only on (seed, stage, step) and every stage ends after
+its number of steps, so a run is reproducible from its seed on any machine, up to floating-point differences. It
+takes about 4 hours on 2 cores; a checkpoint every few hundred steps lets it stop and go on where it stopped:
+
+    python -m synthetic.train_demo_model --out assets/demo-model --seed 0 --run out/demo-model-run --resume
+
+The run folder keeps the checkpoint and the log (copied next to the model at the end). The prompt is exactly the
+chat template's generation prompt for one video and one question; the loss is on the answer and the closing
+<|im_end|>.
 
 Three stages, because trained only end to end from answers, a random vision tower and language model spend far
-longer than the 60-minute budget learning the answers' priors before they start to look at the video:
+longer than the training budget learning the answers' priors before they start to look at the video:
 
 1. language: the language model learns to answer from *target features*, what the projector should output for each
    pooled visual token given where the scene's shapes are (`TargetFeatures`). These cost no vision tower, so the
@@ -19,8 +23,8 @@ longer than the 60-minute budget learning the answers' priors before they start 
 
 In the language and joint stages, linear probes (`Probes`, dropped after training) also read, from each video
 token, facts about the shape under it that the harder questions build on: when the shape was first seen, where it
-started, which way it has moved, and which shape appeared just before it. The late stages ask "which way" three
-times a video (`Stage.focus`): asked as often as the other kinds, it stays at chance.
+started, which way it has moved, and which shape appeared just before it. The late stages ask "which way" and
+"right after" three times a video each (`Stage.focus`).
 
 All the questions about one video share the prompt up to and including the video tokens, so the language model
 runs each video's prefix once, then all its questions' remaining tokens in one row on top of its KV cache, each
@@ -32,12 +36,17 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import shutil
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import DynamicCache, LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
 
 from aim_core.random_models import LlavaOnevisionShape, build_llava_onevision, build_tokenizer
@@ -66,10 +75,10 @@ SHAPE = LlavaOnevisionShape(
     image_size=64,
     patch_size=8,
     vision_hidden=96,
-    vision_layers=2,
+    vision_layers=4,
     vision_heads=4,
     text_hidden=192,
-    text_layers=8,
+    text_layers=12,
     text_heads=6,
     text_kv_heads=2,
     text_intermediate=576,
@@ -87,24 +96,25 @@ class Stage:
     lr: float
     frames: tuple[int, ...] = (1,)  # frames per video, drawn uniformly at each step
     videos: int = 8  # videos per step ("vision": frames per step)
-    minutes: float = 60.0  # the stage stops early past this, so that a slow machine still ends within budget
     questions_per_kind: int = 2  # per video; the questions share the video's prefix, so more of them cost little
-    focus: str | None = None  # a question kind asked more often, on only the videos that have one (`training_batch`)
-    focus_questions: int = 3  # per video, of the focus kind
+    focus: tuple[str, ...] = ()  # kinds asked more often, on only the videos that have one (`training_batch`)
+    focus_questions: int = 3  # per video, of each focus kind
 
 
-# At most 56 minutes (the sum of the caps) on 2 cores. Short videos first: how many videos the language model sees
-# decides how soon it learns to look up the words of a question among the visual tokens, and short ones are cheap.
-# "Which way" stays at chance when asked as often as the other kinds: it needs several questions a video, for
-# hundreds of steps, before the answers start to follow the tokens' (probed) knowledge of their shape's direction.
-# Those stages come last, after every kind has been learnt, and still ask one question of each other kind.
+# About 4 hours on 2 cores (about 1, 1.5, 2 and 2.5 s a step for the short, middle, long and joint stages). Short
+# videos first: how many videos the language model sees decides how soon it learns to look up the words of a question
+# among the visual tokens, and short ones are cheap. "Which way" and "right after" stay near chance when asked as
+# often as the other kinds: they need several questions a video, for many steps, before the answers follow what the
+# tokens know (probed) of their shape's direction and predecessor. Those stages come last, after every other kind
+# has been learnt, and still ask one question of each other kind.
+FOCUS = ("after", "direction")
 STAGES = (
-    Stage("vision", 1500, 1e-3, videos=64, minutes=7),
-    Stage("language", 900, 2e-3, frames=(1, 2), videos=12, minutes=5),
-    Stage("language", 1200, 2e-3, frames=(2, 4, 8), videos=8, minutes=10),
-    Stage("language", 1500, 1e-3, frames=(8, 16, 32), videos=4, minutes=15),
-    Stage("language", 500, 1e-3, frames=(4, 8, 16, 32), videos=6, minutes=7, questions_per_kind=1, focus="direction"),
-    Stage("joint", 800, 3e-4, frames=(8, 16, 32, 64), videos=4, minutes=12, questions_per_kind=1, focus="direction"),
+    Stage("vision", 2000, 1e-3, videos=64),
+    Stage("language", 1200, 2e-3, frames=(1, 2), videos=12),
+    Stage("language", 2000, 2e-3, frames=(2, 4, 8), videos=8),
+    Stage("language", 1800, 1e-3, frames=(8, 16, 32), videos=4),
+    Stage("language", 1000, 1e-3, frames=(4, 8, 16, 32), videos=6, questions_per_kind=1, focus=FOCUS),
+    Stage("joint", 1000, 3e-4, frames=(8, 16, 32, 64), videos=4, questions_per_kind=1, focus=FOCUS),
 )
 
 
@@ -121,22 +131,31 @@ def build(seed: int) -> tuple[LlavaOnevisionForConditionalGeneration, LlavaOnevi
 
 class TargetFeatures:
     """What the projector should output for each pooled visual token: for every shape overlapping the token's cell,
-    its overlap times (colour vector + shape vector + position code); nothing for the background.
+    its overlap times (colour vector + shape vector + pair vector + position code); nothing for the background.
 
     The colour and shape vectors are the directions of the language model's initial input embeddings of the words
     the questions use (" red", " ring"), so from the first step a question word and the tokens it asks about point
-    the same way. The position code (x and y along two fixed random directions) is what "which way does it move"
+    the same way. The pair vector (a fixed random direction per colour and shape) tells "the red ring" apart without
+    comparing sums: a cell half covered by the red ring and one fully covered by a red circle score the same on
+    red + ring, and questions about one object ("which way", "right after", "does a red ring appear") need that
+    difference. The position code (x and y along two fixed random directions) is what "which way does it move"
     needs: the language model's own positions only say where a token is in the sequence.
     """
 
     def __init__(self, model: LlavaOnevisionForConditionalGeneration, processor: LlavaOnevisionProcessor, seed: int):
         embeddings = model.get_input_embeddings().weight.detach()
         token = processor.tokenizer.convert_tokens_to_ids
-        unit = lambda v: v / v.norm()
+
+        def unit(v: torch.Tensor) -> torch.Tensor:
+            return v / v.norm()
+
         self.colours = {c: unit(embeddings[token("Ġ" + c)]) for c in COLOURS}
         self.shapes = {s: unit(embeddings[token("Ġ" + s)]) for s in SHAPES}
         generator = torch.Generator().manual_seed(seed)
         self.x, self.y = (unit(torch.randn(embeddings.shape[1], generator=generator)) for _ in range(2))
+        self.pairs = {
+            f"{c} {s}": unit(torch.randn(embeddings.shape[1], generator=generator)) for c in COLOURS for s in SHAPES
+        }
         self.newline = model.model.image_newline
 
     def __call__(self, scene: Scene, frames: np.ndarray) -> torch.Tensor:
@@ -146,7 +165,7 @@ class TargetFeatures:
             for k in sprite.shown_at(frames):
                 cx, cy = sprite.centre(frames[k])
                 overlap = torch.tensor(_cover(sprite, float(cx), float(cy)), dtype=torch.float32)[..., None]
-                code = self.colours[sprite.colour] + self.shapes[sprite.shape]
+                code = self.colours[sprite.colour] + self.shapes[sprite.shape] + self.pairs[sprite.name]
                 code = code + 2 * (float(cx) - 0.5) * self.x + 2 * (float(cy) - 0.5) * self.y
                 out[k] += overlap * code
         return out.flatten(0, 2)
@@ -171,12 +190,12 @@ def _cell_overlap(centre: float, half: float) -> np.ndarray:
 # Training-only linear probes on the language model's video tokens: what each token should know of its shape's past,
 # as stepping stones to "which way" and "right after". label -> (decoder layers before the probe, classes).
 PROBES: dict[str, tuple[int, int]] = {
-    "first_seen": (1, 2),
-    "start_x": (1, 8),
-    "start_y": (1, 8),
-    "direction": (2, len(DIRECTIONS)),
-    "before_colour": (3, len(COLOURS)),
-    "before_shape": (3, len(SHAPES)),
+    "first_seen": (2, 2),
+    "start_x": (2, 8),
+    "start_y": (2, 8),
+    "direction": (3, len(DIRECTIONS)),
+    "before_colour": (4, len(COLOURS)),
+    "before_shape": (4, len(SHAPES)),
 }
 PROBE_WEIGHT = 0.1  # of the probes' mean cross-entropy, added to the answers' loss
 
@@ -366,12 +385,12 @@ def answer_forward(
 
 def training_batch(processor: LlavaOnevisionProcessor, stage: Stage, seed: int, step: int) -> Batch:
     """Fresh training scenes, each with a random uniform sampling grid and `stage.questions_per_kind` questions of each
-    kind answerable from exactly the frames sampled (answers balanced by `pick`). A stage with a `focus` kind keeps
-    only the videos that have a question of it, and asks `stage.focus_questions` of it."""
+    kind answerable from exactly the frames sampled (answers balanced by `pick`). A stage with `focus` kinds keeps
+    only the videos that have a question of one of them, and asks `stage.focus_questions` of each."""
     rng = np.random.default_rng([seed, STAGES.index(stage), step])
     num_frames = int(rng.choice(stage.frames))
     scenes, frames, asked = [], [], []
-    asks = {kind: stage.focus_questions if kind == stage.focus else stage.questions_per_kind for kind in KINDS}
+    asks = {kind: stage.focus_questions if kind in stage.focus else stage.questions_per_kind for kind in KINDS}
     tries = stage.videos * (20 if stage.focus else 4)
     first_seed = (seed * len(STAGES) + STAGES.index(stage)) * 10_000_000 + step * tries
     for scene_seed in split_seeds("train", tries, offset=first_seed):
@@ -382,7 +401,7 @@ def training_batch(processor: LlavaOnevisionProcessor, stage: Stage, seed: int, 
         picked = grids[rng.integers(len(grids))]
         seen = questions_seen(scene, picked)
         chosen = [q for kind in KINDS for q in pick(seen, rng, asks[kind], (kind,))]
-        wanted = any(q.kind == stage.focus for q in chosen) if stage.focus else bool(chosen)
+        wanted = any(q.kind in stage.focus for q in chosen) if stage.focus else bool(chosen)
         if wanted:
             scenes.append(scene)
             frames.append(picked)
@@ -429,45 +448,81 @@ def vision_batch(stage: Stage, seed: int, step: int) -> tuple[list[Scene], list[
     return scenes, [int(rng.integers(scene.num_frames)) for scene in scenes]
 
 
-def learning_rate(stage: Stage, step: int, seconds: float) -> float:
-    """Cosine decay from `stage.lr` to a tenth of it, after a 50-step warm-up.
-
-    On a slow machine the time cap, not the step count, ends the stage, so the decay follows whichever of the two is
-    further along: the rate is down by the end either way.
-    """
-    progress = min(1.0, max(step / stage.steps, seconds / (stage.minutes * 60)))
+def learning_rate(stage: Stage, step: int) -> float:
+    """Cosine decay from `stage.lr` to a tenth of it over the stage's steps, after a 50-step warm-up."""
     warmup = min(1.0, (step + 1) / 50)
-    return stage.lr * warmup * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return stage.lr * warmup * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / stage.steps)))
+
+
+class Run:
+    """A training run's folder: its checkpoint (model, probes, optimizer, where training is) and its log.
+
+    A checkpoint is written every `CHECKPOINT_EVERY` steps and at the end of every stage, atomically (a stopped run
+    never leaves half a file), so `--resume` continues from at most that many steps back.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.checkpoint = folder / "checkpoint.pt"
+        self.log_file = folder / "training.log"
+
+    def log(self, line: str) -> None:
+        print(line, flush=True)
+        with self.log_file.open("a") as log:
+            log.write(line + "\n")
+
+    def save(self, model: nn.Module, probes: Probes, optimizer: torch.optim.Optimizer, stage: int, step: int) -> None:
+        """Save the state after `step` steps of stage number `stage`."""
+        state = {"model": model.state_dict(), "probes": probes.state_dict(), "optimizer": optimizer.state_dict()}
+        partial = self.checkpoint.with_suffix(".partial")
+        torch.save({**state, "stage": stage, "step": step}, partial)
+        os.replace(partial, self.checkpoint)
+
+    def load(self) -> dict | None:
+        return torch.load(self.checkpoint, weights_only=True) if self.checkpoint.exists() else None
+
+
+CHECKPOINT_EVERY = 200
+
+
+def stage_parameters(
+    model: LlavaOnevisionForConditionalGeneration, stage: Stage, probes: Probes
+) -> list[torch.nn.Parameter]:
+    """The parameters `stage` trains."""
+    core = model.model
+    if stage.name == "language":
+        language = [*core.language_model.parameters(), *model.lm_head.parameters(), core.image_newline]
+        return [*language, *probes.parameters()]
+    if stage.name == "vision":
+        return [*core.vision_tower.parameters(), *core.multi_modal_projector.parameters()]
+    return [*model.parameters(), *probes.parameters()]
 
 
 def run_stage(
     model: LlavaOnevisionForConditionalGeneration,
     processor: LlavaOnevisionProcessor,
     targets: TargetFeatures,
-    stage: Stage,
+    index: int,
     seed: int,
     val: list[Batch],
     probes: Probes,
+    run: Run,
+    resumed: dict | None = None,
 ) -> None:
-    """Train the parameters `stage` trains, at `learning_rate`."""
-    core = model.model
-    if stage.name == "language":
-        params = [*core.language_model.parameters(), *model.lm_head.parameters(), core.image_newline]
-        params += [*probes.parameters()]
-    elif stage.name == "vision":
-        params = [*core.vision_tower.parameters(), *core.multi_modal_projector.parameters()]
-    else:
-        params = [*model.parameters(), *probes.parameters()]
+    """Train the parameters of stage `STAGES[index]` at `learning_rate`, from the checkpoint `resumed` if given."""
+    stage = STAGES[index]
+    params = stage_parameters(model, stage, probes)
     optimizer = torch.optim.AdamW(params, lr=stage.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    first_step = 0
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        first_step = resumed["step"]
     start, losses, probed = time.time(), [], []
     hits: dict[str, list[bool]] = {kind: [] for kind in KINDS}
-    for step in range(stage.steps):
-        elapsed = time.time() - start
-        if elapsed > stage.minutes * 60:
-            print(f"{stage.name} {stage.frames}: past {stage.minutes} min, stopping at step {step}", flush=True)
-            break
+    for step in range(first_step, stage.steps):
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(stage, step, elapsed)
+            group["lr"] = learning_rate(stage, step)
         if stage.name == "vision":
             scenes, picked = vision_batch(stage, seed, step)
             videos = [render(scene, SHAPE.image_size, np.array([t])) for scene, t in zip(scenes, picked)]
@@ -494,39 +549,56 @@ def run_stage(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         losses.append(loss.item())
-        if (step + 1) % 100 == 0 or step + 1 == stage.steps:
-            line = f"{stage.name} {stage.frames} step {step + 1}: loss {np.mean(losses[-100:]):.4f}"
+        done = step + 1
+        if done % 100 == 0 or done == stage.steps:
+            line = f"{index}:{stage.name} {stage.frames} step {done}/{stage.steps}: loss {np.mean(losses[-100:]):.4f}"
             if stage.name != "vision":
                 line += " | train " + " ".join(f"{k} {np.mean(h[-100:]):.2f}" for k, h in hits.items() if h)
-                if probed:
-                    names = {n for p in probed[-100:] for n in p}
-                    line += " | probes " + " ".join(
-                        f"{n} {np.mean([p[n] for p in probed[-100:] if n in p]):.2f}" for n in PROBES if n in names
-                    )
-            if stage.name != "vision" and ((step + 1) % 300 == 0 or step + 1 == stage.steps):
+                names = {n for p in probed[-100:] for n in p}
+                line += " | probes " + " ".join(
+                    f"{n} {np.mean([p[n] for p in probed[-100:] if n in p]):.2f}" for n in PROBES if n in names
+                )
+            if stage.name != "vision" and (done % 500 == 0 or done == stage.steps):
                 scores = validate(model, val, targets if stage.name == "language" else None)
                 line += " | val@32 " + " ".join(f"{k} {v:.2f}" for k, v in scores.items())
-            print(f"{line} | {time.time() - start:.0f}s", flush=True)
+            run.log(f"{line} | {time.time() - start:.0f}s")
+        if done % CHECKPOINT_EVERY == 0 or done == stage.steps:
+            run.save(model, probes, optimizer, index, done)
 
 
-def train(seed: int) -> tuple[LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor]:
+def train(seed: int, run: Run, resume: bool) -> tuple[LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor]:
+    """Train through `STAGES`, from the run's checkpoint when `resume` is set and one exists."""
     torch.manual_seed(seed)
     model, processor = build(seed)
-    model.train()
-    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {SHAPE}", flush=True)
+    # From the initial embeddings, before any checkpoint is loaded: the targets stay what they were when training began.
     targets = TargetFeatures(model, processor, seed)
-    val = validation_batches(processor)
     probes = Probes(SHAPE.text_hidden)
+    checkpoint = run.load() if resume else None
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        probes.load_state_dict(checkpoint["probes"])
+        run.log(f"resumed from {run.checkpoint}: stage {checkpoint['stage']}, step {checkpoint['step']}")
+    else:
+        run.log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {SHAPE}")
+    model.train()
+    val = validation_batches(processor)
     started = time.time()
-    for stage in STAGES:
-        run_stage(model, processor, targets, stage, seed, val, probes)
-    print(f"trained in {(time.time() - started) / 60:.1f} min", flush=True)
+    for index, stage in enumerate(STAGES):
+        resumed = None
+        if checkpoint is not None:
+            if index < checkpoint["stage"] or (index == checkpoint["stage"] and checkpoint["step"] >= stage.steps):
+                continue
+            resumed = checkpoint if index == checkpoint["stage"] else None
+        run_stage(model, processor, targets, index, seed, val, probes, run, resumed)
+    run.log(f"trained for {(time.time() - started) / 60:.1f} min in this process")
     return model.eval(), processor
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder to save the model, processor and tokenizer in")
+    parser.add_argument("--run", type=Path, default=Path("out/demo-model-run"), help="checkpoint and log folder")
+    parser.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-questions", type=int, default=700, help="held-out test questions per frame count")
@@ -534,14 +606,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model, processor = train(args.seed)
+    run = Run(args.run)
+    run.log(f"$ python -m synthetic.train_demo_model {' '.join(sys.argv[1:])}")
+    model, processor = train(args.seed, run, args.resume)
     # Half precision halves the files; the check below runs on what was saved, loaded back in float32.
     model.to(torch.float16).save_pretrained(args.out)
     processor.save_pretrained(args.out)
     loaded = LlavaOnevisionForConditionalGeneration.from_pretrained(args.out, dtype=torch.float32).eval()
     for num_frames in args.eval_frames:
         report = evaluate(loaded, processor, args.eval_questions, seed=0, num_frames=num_frames)
-        print(format_report(report, f"test, {num_frames} frames, saved fp16 model in fp32"), flush=True)
+        run.log(format_report(report, f"test, {num_frames} frames, saved fp16 model in fp32"))
+    shutil.copyfile(run.log_file, Path(args.out) / "training.log")
 
 
 if __name__ == "__main__":
