@@ -27,7 +27,7 @@ from aim_core.cli import answer_as_dict
 
 from . import report
 from .history import History, RunKey, RunPoint
-from .models import ASSETS_DIR, REPO_ROOT, ModelRegistry
+from .models import ASSETS_DIR, REPO_ROOT, ModelRegistry, switching_locked_note
 from .pictures import Gallery, Pictures
 from .plots import time_figure, tokens_per_layer_figure, tradeoff_figure
 from .samples import find_samples
@@ -185,7 +185,10 @@ class Callbacks:
     def load_model(self, key: str,
                    progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple[str, Any, str, Any]:
         """Switch models; on failure the previous one stays loaded, and the picker and the message say so. Merging
-        inside the vision tower is switched to the new model's default (`Runner.vision_merge_pays`)."""
+        inside the vision tower is switched to the new model's default (`Runner.vision_merge_pays`). Where models
+        may not be switched (a shared Space) the request is refused with the reason, whoever sends it."""
+        if not self.runner.limits.switch_models:
+            raise _user_error(switching_locked_note(self.registry.choice))
         key = {published_key(choice.key): choice.key for choice in self.registry.choices()}.get(key, key)
         progress(0, desc=f"Loading {published_key(key)}")
         try:

@@ -71,6 +71,13 @@ HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "
 MEMORY_HEADROOM = 1.2
 
 
+def switching_locked_note(loaded: ModelChoice) -> str:
+    """What a visitor of a shared Space reads instead of a working model picker."""
+    return (f"This Space answers every visitor with {loaded.label}, so its model cannot be switched here: one "
+            "visitor's choice would change everyone's answers. To try another model, duplicate the Space (its ⋮ menu, "
+            "Duplicate this Space) and set its AIM_MODEL variable to a hub id, or run the app on your own machine.")
+
+
 def offline_default() -> ModelChoice:
     """The demo model once it is in assets/demo-model, until then the labelled tiny random model."""
     return DEMO_MODEL if (DEMO_MODEL_DIR / "config.json").is_file() else RANDOM_MODEL

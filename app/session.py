@@ -44,13 +44,15 @@ SHOWN_VALUE_CHARS = 40  # of a refused value, quoted in the message
 @dataclass(frozen=True)
 class Limits:
     """What the app accepts. Uploads over `max_upload_bytes` are refused by the server itself (Gradio's
-    `max_file_size`); the checks here catch the rest, and files that reach the API another way."""
+    `max_file_size`); the checks here catch the rest, and files that reach the API another way. `switch_models`:
+    whether a visitor may load another model (not on a shared Space, where the model is everyone's)."""
 
     max_upload_bytes: int = 2 * 1024**3
     max_duration_seconds: float = 3 * 3600
     min_frames: int = 8
     max_frames: int = 256
     max_new_tokens: int = 64
+    switch_models: bool = True
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""The app as a Hugging Face Space: the model it opens on, Space-sized limits, and the GPU time each request asks
-ZeroGPU for.
+"""The app as a Hugging Face Space: the model it opens on, Space-sized limits (among them: no visitor may switch the
+model, which is everyone's), and the GPU time each request asks ZeroGPU for.
 
 A request's GPU time is worked out from its predicted cost (`VideoQA.estimate`: the vision tower and the prefill of
 this many frames of this video on this model, at the asked efficiency, and again with no reduction when compared)
@@ -21,8 +21,9 @@ from .session import Limits, Runner, check_frames, check_video, config_for
 
 SPACE_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"  # what a Space opens on; README.md's front matter preloads it
 # Space-sized: uploads a browser sends in reasonable time, and frame counts one ZeroGPU call answers.
+# One visitor's Load model would switch the model under everyone else: on a Space the model is the Space's.
 SPACE_LIMITS = Limits(max_upload_bytes=1024**3, max_duration_seconds=2 * 3600, min_frames=8, max_frames=128,
-                      max_new_tokens=64)
+                      max_new_tokens=64, switch_models=False)
 
 SETUP_SECONDS = 10.0  # attaching a GPU to the call and moving the weights onto it
 EFFECTIVE_FLOPS = 40e12  # bfloat16 FLOP/s the vision tower and prefill reach on a ZeroGPU slice: about a fifth of peak

@@ -2,7 +2,8 @@
 
 Element ids, for tests and users' own automation: video, question, frames, efficiency, to-last-layer, prediction,
 compare, ask, stop, answer, baseline-answer, status, stats-cards, stats (raw JSON), clusters, layer, kept, layers,
-tradeoff, model, load-model. Only the `answer` event is a public API endpoint; the UI's own events are private.
+tradeoff, model, load-model, model-note. Only the `answer` event is a public API endpoint; the UI's own events are
+private.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from aim_core.config import DEFAULT_EFFICIENCY
 from . import report, space
 from .callbacks import AskOutputs, Callbacks, CheckedBlocks, published_sample
 from .history import History
-from .models import ASSETS_DIR
+from .models import ASSETS_DIR, switching_locked_note
 from .plots import tradeoff_figure
 from .samples import example_rows, find_samples
 from .session import Runner
@@ -105,12 +106,15 @@ def build_app(runner: Runner) -> gr.Blocks:
                 with gr.Row():
                     ask = gr.Button("Ask", variant="primary", scale=3, elem_id="ask")
                     stop = gr.Button("Stop", variant="stop", scale=1, elem_id="stop")
+                switchable = runner.limits.switch_models  # not on a shared Space: the model is everyone's
                 with gr.Accordion("Model", open=False):
-                    model = gr.Dropdown(label="Model", elem_id="model",
+                    model = gr.Dropdown(label="Model", elem_id="model", interactive=switchable,
                                         choices=callbacks.picker_choices(), value=callbacks.picker_value(),
-                                        info="Hub models are downloaded on first use, if the hub can be reached.")
-                    load = gr.Button("Load model", elem_id="load-model")
-                    model_note = gr.HTML()
+                                        info="Hub models are downloaded on first use, if the hub can be reached."
+                                        if switchable else "Fixed on this Space (see below).")
+                    load = gr.Button("Load model", elem_id="load-model", interactive=switchable)
+                    model_note = gr.HTML("" if switchable else report.note(switching_locked_note(registry.choice)),
+                                         elem_id="model-note")
             with gr.Column(scale=7, min_width=420):
                 with gr.Row():
                     answer = gr.Textbox(label="Answer", lines=3, interactive=False, buttons=["copy"],

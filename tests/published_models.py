@@ -30,38 +30,53 @@ from aim_core.random_models import DEFAULT_CORPUS
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "published"
 # Files copied as published into the snapshot (config.json is copied with the `SHRUNK` values written in).
 PUBLISHED_FILES = ("chat_template.json", "preprocessor_config.json", "video_preprocessor_config.json",
-                   "processor_config.json")
+                   "processor_config.json", "generation_config.json")
 TEXT_LAYERS = 8  # enough for the default schedule to prune at 3 layers (and, for Qwen3-VL, after its deepstack)
 
 # Dotted config keys -> CPU-sized values. Head sizes stay real (128 for the Qwen decoders, so the M-RoPE sections fit;
 # 64 for Qwen2-0.5B), as do patch sizes, image sizes, merge sizes and window sizes.
+SIGLIP_SHRUNK = {"vision_config.hidden_size": 64, "vision_config.intermediate_size": 128,
+                 "vision_config.num_hidden_layers": 2, "vision_config.num_attention_heads": 2}
+# The 7B decoders (Qwen2-7B-Instruct's: 3584 wide, 28 heads) have 128-wide heads.
+QWEN2_7B_SHRUNK = {
+    "text_config.hidden_size": 256, "text_config.intermediate_size": 512,
+    "text_config.num_hidden_layers": TEXT_LAYERS, "text_config.max_window_layers": TEXT_LAYERS,
+    "text_config.num_attention_heads": 2, "text_config.num_key_value_heads": 1, **SIGLIP_SHRUNK,
+}
+QWEN2_5_VL_SHRUNK = {
+    "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": TEXT_LAYERS,
+    "max_window_layers": TEXT_LAYERS, "num_attention_heads": 2, "num_key_value_heads": 1,
+    "vision_config.hidden_size": 64, "vision_config.intermediate_size": 128, "vision_config.num_heads": 2,
+    "vision_config.depth": 2, "vision_config.fullatt_block_indexes": [1], "vision_config.out_hidden_size": 256,
+}
+QWEN3_VL_TEXT_SHRUNK = {
+    "text_config.hidden_size": 256, "text_config.intermediate_size": 512,
+    "text_config.num_hidden_layers": TEXT_LAYERS, "text_config.num_attention_heads": 2,
+    "text_config.num_key_value_heads": 1, "vision_config.num_heads": 2, "vision_config.depth": 3,
+    "vision_config.deepstack_visual_indexes": [0, 1, 2], "vision_config.out_hidden_size": 256,
+}
 SHRUNK: dict[str, dict[str, Any]] = {
     "llava-hf/llava-onevision-qwen2-0.5b-ov-hf": {
         "text_config.hidden_size": 128, "text_config.intermediate_size": 256,
         "text_config.num_hidden_layers": TEXT_LAYERS, "text_config.max_window_layers": TEXT_LAYERS,
-        "text_config.num_attention_heads": 2, "text_config.num_key_value_heads": 1,
-        "vision_config.hidden_size": 64, "vision_config.intermediate_size": 128,
-        "vision_config.num_hidden_layers": 2, "vision_config.num_attention_heads": 2,
+        "text_config.num_attention_heads": 2, "text_config.num_key_value_heads": 1, **SIGLIP_SHRUNK,
     },
+    "llava-hf/llava-onevision-qwen2-7b-ov-hf": QWEN2_7B_SHRUNK,
+    "llava-hf/LLaVA-Video-7B-Qwen2-hf": QWEN2_7B_SHRUNK,
     "Qwen/Qwen2-VL-2B-Instruct": {
         "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": TEXT_LAYERS,
         "max_window_layers": TEXT_LAYERS, "num_attention_heads": 2, "num_key_value_heads": 1,
         "vision_config.embed_dim": 64, "vision_config.num_heads": 2, "vision_config.depth": 2,
         "vision_config.hidden_size": 256,
     },
-    "Qwen/Qwen2.5-VL-3B-Instruct": {
-        "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": TEXT_LAYERS,
-        "max_window_layers": TEXT_LAYERS, "num_attention_heads": 2, "num_key_value_heads": 1,
-        "vision_config.hidden_size": 64, "vision_config.intermediate_size": 128, "vision_config.num_heads": 2,
-        "vision_config.depth": 2, "vision_config.fullatt_block_indexes": [1], "vision_config.out_hidden_size": 256,
-    },
+    "Qwen/Qwen2.5-VL-3B-Instruct": QWEN2_5_VL_SHRUNK,
+    "Qwen/Qwen2.5-VL-7B-Instruct": QWEN2_5_VL_SHRUNK,
     "Qwen/Qwen3-VL-2B-Instruct": {
-        "text_config.hidden_size": 256, "text_config.intermediate_size": 512,
-        "text_config.num_hidden_layers": TEXT_LAYERS, "text_config.num_attention_heads": 2,
-        "text_config.num_key_value_heads": 1,
-        "vision_config.hidden_size": 64, "vision_config.intermediate_size": 128, "vision_config.num_heads": 2,
-        "vision_config.depth": 3, "vision_config.deepstack_visual_indexes": [0, 1, 2],
-        "vision_config.out_hidden_size": 256,
+        **QWEN3_VL_TEXT_SHRUNK, "vision_config.hidden_size": 64, "vision_config.intermediate_size": 128,
+    },
+    # The 8B's vision tower keeps its real 72-wide heads (1152 / 16).
+    "Qwen/Qwen3-VL-8B-Instruct": {
+        **QWEN3_VL_TEXT_SHRUNK, "vision_config.hidden_size": 144, "vision_config.intermediate_size": 288,
     },
 }
 PUBLISHED_MODELS = tuple(SHRUNK)

@@ -21,18 +21,24 @@ QUESTION = "What happens in this video?"
 NUM_FRAMES = 4
 NEW_TOKENS = 4
 # One user turn holding a video and the question, as each published template writes it.
+LLAVA_PROMPT = f"<|im_start|>user <video>\n{QUESTION}<|im_end|><|im_start|>assistant\n"
+QWEN2_VL_PROMPT = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                   f"<|vision_start|><|video_pad|><|vision_end|>{QUESTION}<|im_end|>\n<|im_start|>assistant\n")
+QWEN3_VL_PROMPT = f"<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>{QUESTION}<|im_end|>\n" \
+                  "<|im_start|>assistant\n"
 EXPECTED_PROMPTS = {
-    "llava-hf/llava-onevision-qwen2-0.5b-ov-hf": f"<|im_start|>user <video>\n{QUESTION}<|im_end|>"
-                                                 "<|im_start|>assistant\n",
-    "Qwen/Qwen2-VL-2B-Instruct": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-                                 f"<|vision_start|><|video_pad|><|vision_end|>{QUESTION}<|im_end|>\n"
-                                 "<|im_start|>assistant\n",
-    "Qwen/Qwen2.5-VL-3B-Instruct": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-                                   f"<|vision_start|><|video_pad|><|vision_end|>{QUESTION}<|im_end|>\n"
-                                   "<|im_start|>assistant\n",
-    "Qwen/Qwen3-VL-2B-Instruct": f"<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>{QUESTION}<|im_end|>\n"
-                                 "<|im_start|>assistant\n",
+    "llava-hf/llava-onevision-qwen2-0.5b-ov-hf": LLAVA_PROMPT,
+    "llava-hf/llava-onevision-qwen2-7b-ov-hf": LLAVA_PROMPT,
+    "llava-hf/LLaVA-Video-7B-Qwen2-hf": LLAVA_PROMPT,
+    "Qwen/Qwen2-VL-2B-Instruct": QWEN2_VL_PROMPT,
+    "Qwen/Qwen2.5-VL-3B-Instruct": QWEN2_VL_PROMPT,
+    "Qwen/Qwen2.5-VL-7B-Instruct": QWEN2_VL_PROMPT,
+    "Qwen/Qwen3-VL-2B-Instruct": QWEN3_VL_PROMPT,
+    "Qwen/Qwen3-VL-8B-Instruct": QWEN3_VL_PROMPT,
 }
+# The checkpoints whose generation_config.json was found published (see SOURCES.md).
+WITH_GENERATION_CONFIG = [repo_id for repo_id in PUBLISHED_MODELS
+                          if (FIXTURES / repo_id / "generation_config.json").is_file()]
 
 
 @pytest.fixture(scope="session")
@@ -44,14 +50,19 @@ def hub_cache(tmp_path_factory):
     return cache
 
 
-@pytest.fixture(scope="module", params=PUBLISHED_MODELS)
-def published(request, hub_cache):
-    """(hub id, VideoQA) loaded by hub id from the offline cache, as on a user's machine."""
+def load_offline(repo_id: str, hub_cache) -> VideoQA:
+    """`repo_id` loaded by hub id from the offline cache, as on a user's machine."""
     torch.set_num_threads(2)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(hub_cache))
         patch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
-        yield request.param, VideoQA.from_pretrained(request.param)
+        return VideoQA.from_pretrained(repo_id)
+
+
+@pytest.fixture(scope="module", params=PUBLISHED_MODELS)
+def published(request, hub_cache):
+    """(hub id, VideoQA) loaded by hub id from the offline cache."""
+    return request.param, load_offline(request.param, hub_cache)
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +191,36 @@ def test_an_image_is_answered_as_stock_generate(published):
     inputs = processor(text=processor.apply_chat_template(conversation, add_generation_prompt=True), images=[image],
                        return_tensors="pt")
     assert_unreduced_engine_is_stock(qa, image, inputs)
+
+
+@pytest.mark.parametrize("repo_id", WITH_GENERATION_CONFIG)
+def test_the_published_generation_config_is_honoured_but_answers_are_greedy(repo_id, hub_cache, landscape):
+    """The checkpoint's own decoding settings (Qwen2.5-VL-7B: stop at <|im_end|> or <|endoftext|>, repetition penalty
+    1.05, sampling at temperature 1e-6) are what the engine decodes with, as the model card's `generate` call does,
+    except sampling: the engine decodes greedily, so that an answer is the same every time it is asked and settings
+    can be compared (at that temperature sampling picks the greedy token anyway)."""
+    published = json.loads((FIXTURES / repo_id / "generation_config.json").read_text())
+    qa = load_offline(repo_id, hub_cache)
+    decoding = qa.model.generation_config
+    assert (decoding.eos_token_id, decoding.pad_token_id, decoding.repetition_penalty, decoding.do_sample) == (
+        published["eos_token_id"], published["pad_token_id"], published["repetition_penalty"], published["do_sample"])
+    inputs = stock_video_inputs(qa, landscape)
+    prompt_length = inputs["input_ids"].shape[1]
+    greedy = qa.model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)[0, prompt_length:]
+    unpenalised = qa.model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False,
+                                    repetition_penalty=1.0)[0, prompt_length:]
+    assert not torch.equal(greedy, unpenalised)  # the penalty matters for this model, so the check below shows it
+    answers = [qa.answer(landscape, QUESTION, AIMConfig.from_efficiency(0.0), NUM_FRAMES, max_new_tokens=NEW_TOKENS)
+               for _ in range(2)]
+    assert answers[0].text == answers[1].text == qa.adapter.processor.decode(greedy, skip_special_tokens=True)
+
+    # Make the published second stop token, <|endoftext|>, the greedy first token: the answer ends right there.
+    # (Its logit becomes twice that of the greedy first token, positive as the largest of ~150k random logits.)
+    end_of_text, first = published["eos_token_id"][1], int(greedy[0])
+    with torch.no_grad():
+        qa.model.get_output_embeddings().weight[end_of_text] = 2 * qa.model.get_output_embeddings().weight[first]
+    stopped = qa.answer(landscape, QUESTION, AIMConfig.from_efficiency(0.0), NUM_FRAMES, max_new_tokens=NEW_TOKENS)
+    assert (stopped.text, stopped.stats.new_tokens) == ("", 1)
+    decoding.eos_token_id = published["eos_token_id"][0]  # config.json's single stop token: it would run on
+    assert qa.answer(landscape, QUESTION, AIMConfig.from_efficiency(0.0), NUM_FRAMES,
+                     max_new_tokens=NEW_TOKENS).stats.new_tokens == NEW_TOKENS

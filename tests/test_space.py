@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import os
 import shutil
 import subprocess
@@ -30,7 +31,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from aim_core import AIMConfig, VideoQA
 from app import space, zerogpu
-from app.callbacks import Callbacks
+from app.callbacks import Callbacks, published_key
 from app.history import History
 from app.models import DEMO_MODEL, HUB_MODELS, ModelChoice, ModelRegistry, offline_default
 from app.session import Runner
@@ -221,6 +222,51 @@ def tradeoff_points(page) -> list[float]:
     """The efficiencies of the runs in the page's trade-off plot."""
     return page.evaluate("[...(document.querySelector('#tradeoff .js-plotly-plot')?.data ?? [])]"
                          ".filter(t => t.mode === 'markers').flatMap(t => t.x)")
+
+
+def page_event(url: str, config: dict, elem_id: str, trigger: str, data: list) -> dict:
+    """Run the page's `trigger` event of the component `elem_id` as a browser does (the queue's join and data
+    routes: the way to a private event that no client library offers); returns the completion message."""
+    component = next(item["id"] for item in config["components"] if item.get("props", {}).get("elem_id") == elem_id)
+    event = next(item["id"] for item in config["dependencies"] if [component, trigger] in item["targets"])
+    session = f"visitor-{elem_id}"
+    with httpx.Client(base_url=f"{url}gradio_api", timeout=60) as client:
+        joined = client.post("/queue/join", json={"data": data, "fn_index": event, "session_hash": session,
+                                                  "event_data": None, "trigger_id": component})
+        assert joined.status_code == 200, joined.text
+        with client.stream("GET", "/queue/data", params={"session_hash": session}) as messages:
+            for line in messages.iter_lines():
+                message = json.loads(line.removeprefix("data: ")) if line.startswith("data: ") else {}
+                if message.get("msg") == "process_completed":
+                    return message
+    pytest.fail("the event never completed")
+
+
+def props(config: dict, elem_id: str) -> dict:
+    return next(item["props"] for item in config["components"] if item.get("props", {}).get("elem_id") == elem_id)
+
+
+def test_on_a_space_no_visitor_can_switch_the_model_for_everyone(tiny_llava_dir, tmp_path):
+    """Visitors of a Space share its one model, so its picker is locked, with a note saying how to get another model
+    (duplicate the Space), and the load event refuses a client that calls it anyway, saying why; run locally, the
+    same call switches the model."""
+    offline = published_key(offline_default().key)  # a picker entry that loads without a hub
+    with running_app(str(tiny_llava_dir), SPACE_LIMITS) as running:
+        config = httpx.get(f"{running.url}config").json()
+        assert props(config, "model")["interactive"] is False and props(config, "load-model")["interactive"] is False
+        assert "cannot be switched" in props(config, "model-note")["value"]
+        assert "duplicate the Space" in props(config, "model-note")["value"]
+        refused = page_event(running.url, config, "load-model", "click", [offline])
+        assert not refused["success"] and "duplicate the Space" in refused["output"]["error"]
+        assert running.runner.registry.choice.key == str(tiny_llava_dir)
+        _, result = Client(running.url, verbose=False).predict(
+            handle_file(write_clip(tmp_path / "clip.mp4", 24, 96, 160)), QUESTION, 0.75, 8, api_name="/answer")
+        assert result["stats"]["num_frames"] == 8  # still answering, with the Space's model
+    with running_app(str(tiny_llava_dir)) as running:
+        config = httpx.get(f"{running.url}config").json()
+        assert props(config, "model").get("interactive") is not False and props(config, "model-note")["value"] == ""
+        assert page_event(running.url, config, "load-model", "click", [offline])["success"]
+        assert running.runner.registry.choice == offline_default()
 
 
 def launch_as_space(environment: dict[str, str], port: int) -> subprocess.Popen:
