@@ -123,7 +123,8 @@ def vision_flops(shape: VisionShape, steps: int, patches: int, tokens_per_layer:
     blocks = 0
     for layer, n in enumerate(tokens_per_layer):
         windowed = shape.attention_window is not None and layer not in shape.full_attention_layers
-        blocks += vision_layer_flops(n, min(n, shape.attention_window) if windowed else n, shape)
+        # Merging keeps each window's share of the tokens, so a merged token attends to as many fewer.
+        blocks += vision_layer_flops(n, min(n, shape.attention_window * n // patches) if windowed else n, shape)
     embed = 2 * patches * shape.embed_weights
     project = 2 * (patches // shape.patches_per_projected_token) * shape.projector_weights
     return steps * (embed + blocks + project)

@@ -38,7 +38,7 @@ from .flops import DecoderShape, prefill_flops, vision_flops
 from .merge import MergeResult
 from .patch import PrefillRecord, VisualTokenPruner
 from .video import SampledFrames, frame_indices, sample_frames
-from .vision_patch import VisionRecord, VisionTokenMerger
+from .vision_patch import VisionRecord
 
 MAX_FRAMES = 512
 MAX_QUESTION_CHARS = 2000
@@ -112,6 +112,7 @@ class Trace:
         vision_source: `[steps, patches]` for every patch of the vision tower, the token it was merged into inside
             the tower (each patch then took its token's value: `aim_core.vision_patch`); None when the tower ran
             whole.
+        vision_grid: `(rows, cols)` of a step's patches in `vision_source`; None for a square.
     """
 
     frames: SampledFrames
@@ -121,6 +122,7 @@ class Trace:
     kept_per_layer: list[torch.Tensor]
     frames_per_step: int = 1
     vision_source: torch.Tensor | None = None
+    vision_grid: tuple[int, int] | None = None
 
     def clusters(self) -> np.ndarray:
         """`[frames, rows, cols]` merged-token id of every original token (its cluster within its step)."""
@@ -136,12 +138,12 @@ class Trace:
         return self._per_frame(kept & (self.merge_source >= 0)).numpy()
 
     def vision_clusters(self) -> np.ndarray | None:
-        """`[frames, side, side]` the token every patch was merged into inside the vision tower; None when the tower
+        """`[frames, rows, cols]` the token every patch was merged into inside the vision tower; None when the tower
         ran whole."""
         if self.vision_source is None:
             return None
         side = math.isqrt(self.vision_source.shape[1])
-        return self._per_frame(self.vision_source, (side, side)).numpy()
+        return self._per_frame(self.vision_source, self.vision_grid or (side, side)).numpy()
 
     def _per_frame(self, per_step: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
         """`[steps, rows * cols]` -> `[frames, rows, cols]`: each step's map for each of its frames."""
@@ -235,8 +237,7 @@ class VideoQA:
         image = _image_of(video)
         frames = self.sample_frames(video, num_frames) if image is None else SampledFrames.from_array(image[None])
         decode_seconds = time.perf_counter() - started
-        output_layer = self.adapter.vision_output_layer
-        if output_layer is None:  # a tower the hooks cannot merge runs whole
+        if self.adapter.vision_output_layer is None:  # a tower the hooks cannot merge runs whole
             vision_keep = 1.0
         key = f"{_digest(frames, image is not None)}:{vision_keep}"
         cached = key in self._cache
@@ -244,7 +245,7 @@ class VideoQA:
             self._cache.move_to_end(key)
             return frames, key, cached, decode_seconds
         layers = self.adapter.vision_layers
-        merger = VisionTokenMerger(layers, vision_keep, output_layer or 0)
+        merger = self.adapter.vision_token_merger(vision_keep)
         started = _now(self.model.device)
         with merger:
             encoding = self.adapter.encode_video(frames.frames, _metadata(frames)) if image is None else \
@@ -494,6 +495,7 @@ class AnswerStream:
             kept_per_layer=[order[kept.cpu()] for kept in record.kept_visual],
             frames_per_step=encoding.frames_per_step,
             vision_source=None if qa._cache[key].vision.source is None else qa._cache[key].vision.source.cpu(),
+            vision_grid=qa._cache[key].vision.grid,
         )
         self.answer = Answer(text=self.text.strip(), stats=stats, trace=trace, config=self.config,
                              cancelled=self._cancelled.is_set() and stats.new_tokens < self.max_new_tokens)

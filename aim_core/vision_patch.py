@@ -29,10 +29,12 @@ class VisionRecord:
         tokens_per_layer: tokens per frame (or step, or tile) each block processed.
         source: `[frames, patches]` for every patch, the merged token it ended in at the output layer; None when
             nothing was merged.
+        grid: `(rows, cols)` of a frame's patches in `source`, raster order; None for a square.
     """
 
     tokens_per_layer: list[int] = field(default_factory=list)
     source: torch.Tensor | None = None
+    grid: tuple[int, int] | None = None
 
 
 class VisionTokenMerger:

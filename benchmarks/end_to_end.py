@@ -8,8 +8,8 @@ A first question pays for everything: decoding the frames from a video file, the
 the LLM prefill; a follow-up about the same video finds the frames and the tower's output cached and pays for the
 prefill alone. The model has random weights (no downloads here) but the real shapes: SigLIP-so400m as
 llava-onevision-qwen2-0.5b-ov ships it (26 blocks, 384 px, 729 patches a frame, pooled to 196 tokens) and the
-Qwen2-0.5B language model, or Qwen2.5-VL-3B-Instruct's (a 32-block windowed tower, which runs whole: its blocks
-take packed sequences the merging hooks do not slice), so the work is the real model's. Settings run interleaved and
+Qwen2-0.5B language model, or Qwen2.5-VL-3B-Instruct's (a 32-block windowed tower, merged within its windows:
+`aim_core.packed_vision_patch`), so the work is the real model's. Settings run interleaved and
 report medians; every ratio compares numbers from this one run.
 """
 

@@ -117,7 +117,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--efficiencies", default="0.5,0.9,1.0", help="extra points of the sweep, besides 0 and default")
+    parser.add_argument("--efficiencies", default="0.5,0.9,1.0",
+                        help="extra points of the sweep, besides 0 and default")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", help="where to write the markdown table (default: results/latency.md, or "

@@ -120,17 +120,6 @@ def test_the_vision_cache_is_per_vision_setting(four_block_qa, random_frames):
     assert first.first_answer_seconds >= first.vision_seconds + first.prefill_seconds
 
 
-def test_a_qwen_tower_runs_whole_and_says_so():
-    qa = VideoQA.from_model(*build_qwen_vl(QwenVLShape(family="qwen2_5_vl"), seed=0))
-    frames = np.random.default_rng(0).integers(0, 256, (4, 56, 56, 3), dtype=np.uint8)
-    config = AIMConfig.from_efficiency(0.75)
-    stats = qa.answer(frames, QUESTION, config, max_new_tokens=1).stats
-    assert qa.adapter.vision_output_layer is None
-    assert stats.vision_flops == stats.vision_flops_baseline > 0
-    estimate = qa.estimate(config, 4, (56, 56), QUESTION)
-    assert (estimate.vision_flops, estimate.flops) == (stats.vision_flops, stats.flops)
-
-
 def test_a_whole_pipeline_budget_fits_the_tower_too():
     """At the cost of 32 unreduced frames of LLaVA-OneVision-0.5B's shapes, the prefill alone would buy 4x the
     frames at the default setting; counting the vision tower, 3x fits there and 4x needs a higher efficiency."""
@@ -200,4 +189,4 @@ def test_the_app_merges_inside_the_tower_by_default_only_where_the_tower_is_most
     big_tower = LlavaOnevisionShape(image_size=64, patch_size=8, vision_hidden=256, vision_layers=6, text_layers=2)
     assert runner(build_llava_onevision(big_tower)).vision_merge_pays()
     assert not runner(build_llava_onevision(FOUR_BLOCKS)).vision_merge_pays()  # a 32-wide tower: the LLM dominates
-    assert not runner(build_qwen_vl(QwenVLShape(family="qwen2_5_vl"))).vision_merge_pays()  # cannot merge
+    assert not runner(build_qwen_vl(QwenVLShape(family="qwen2_5_vl"))).vision_merge_pays()  # a 32-wide tower too

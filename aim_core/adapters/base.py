@@ -15,6 +15,8 @@ from transformers.video_utils import VideoMetadata
 
 from ..flops import VisionShape
 from ..merge import MergeResult
+from ..packed_vision_patch import PackedVisionTokenMerger
+from ..vision_patch import VisionTokenMerger
 
 
 @dataclass
@@ -125,9 +127,14 @@ class VideoLLMAdapter(ABC):
     @property
     def vision_output_layer(self) -> int | None:
         """Index of the vision block whose output the model reads, where patch tokens can be merged inside the tower
-        (see `aim_core.vision_patch`: its blocks take `[frames, patches, dim]` and no mask); None where they cannot
-        (Qwen's blocks take packed sequences with per-patch rotary positions, which the hooks do not slice)."""
+        (by `vision_token_merger`); None where they cannot."""
         return None
+
+    def vision_token_merger(self, keep: float) -> VisionTokenMerger | PackedVisionTokenMerger:
+        """Hooks that merge each step's patches inside the vision tower down to `keep` of them, for the forwards run
+        inside `with` (what they did in its `record`). By default `aim_core.vision_patch`'s, for blocks that take
+        `[frames, patches, dim]`."""
+        return VisionTokenMerger(self.vision_layers, keep, self.vision_output_layer or 0)
 
     def frame_size(self, height: int, width: int, num_frames: int) -> tuple[int, int]:
         """`(height, width)` to decode `num_frames` frames of an upright `height x width` video at: the smallest size,

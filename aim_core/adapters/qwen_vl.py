@@ -37,10 +37,12 @@ from transformers import Qwen3VLVideoProcessor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 from transformers.video_utils import VideoMetadata
+from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
 from ..errors import VideoError
 from ..flops import VisionShape
 from ..merge import MergeResult, cluster_means
+from ..packed_vision_patch import PackedLayout, PackedVisionTokenMerger
 from .base import Prompt, VideoEncoding, VideoLLMAdapter, VisualLayout
 
 # qwen-vl-utils' video sizing constants (see the module's docstring), in tokens of factor x factor pixels, where the
@@ -105,6 +107,39 @@ class QwenVLAdapter(VideoLLMAdapter):
     def vision_patches_per_step(self, tokens_per_step: int) -> int:
         """The patch merger folds spatial_merge_size**2 patches into each token."""
         return tokens_per_step * self.model.config.vision_config.spatial_merge_size**2
+
+    @property
+    def vision_output_layer(self) -> int:
+        """The last block: the patch merger reads its output (Qwen3-VL's deepstack mergers read inner blocks' too)."""
+        return len(self.vision_layers) - 1
+
+    def vision_token_merger(self, keep: float) -> PackedVisionTokenMerger:
+        """The blocks take one packed sequence: merging stays within each step, or each window of Qwen2.5-VL's
+        windowed blocks, and the patch merger and deepstack mergers get the whole grid back."""
+        visual = self.model.model.visual
+        readers = [visual.merger, *getattr(visual, "deepstack_merger_list", [])]
+        return PackedVisionTokenMerger(visual, self.vision_layers, readers, keep, self._packed_layout)
+
+    def _packed_layout(self, grid_thw: torch.Tensor) -> PackedLayout:
+        """How the tower lays out the rows of one image or video of `grid_thw` `[[steps, rows, cols]]` patches: each
+        step's patches 2x2 block by 2x2 block (`get_vision_position_ids`) and, in Qwen2.5-VL, window by window
+        (`get_vision_window_index`), the windows being the smallest attention segments where any block is windowed."""
+        if len(grid_thw) != 1:
+            raise NotImplementedError("merging inside the vision tower takes one image or video at a time")
+        vision = self.model.config.vision_config
+        merge = vision.spatial_merge_size
+        steps, rows, cols = grid_thw[0].tolist()
+        one_step = torch.tensor([[1, rows, cols]])
+        place = get_vision_position_ids(one_step, merge)  # [patches, 2]: (row, col) of each row of a step
+        units = [rows * cols]
+        blocks = range(len(self.vision_layers))
+        windowed = set(blocks) - set(getattr(vision, "fullatt_block_indexes", blocks))
+        if windowed:
+            window_index, window_bounds = get_vision_window_index(one_step, merge, vision.window_size,
+                                                                  vision.patch_size)
+            place = place.view(-1, merge * merge, 2)[window_index].flatten(0, 1)
+            units = window_bounds.diff().tolist()
+        return PackedLayout(units * steps, steps, (rows, cols), place[:, 0] * cols + place[:, 1])
 
     @property
     def first_prunable_layer(self) -> int:
