@@ -169,7 +169,8 @@ def long_video_point(qa: VideoQA, args: argparse.Namespace, size: int) -> str:
     many = 4 * args.frames
     short = held_out_videos(args.n, args.seed, many, size, not_from=args.frames)
     plain = held_out_videos(args.n, args.seed, args.frames, size, answerable_from=many, not_from=args.frames)
-    budget = qa.estimate(AIMConfig.none(), args.frames, (size, size)).flops
+    unreduced = qa.estimate(AIMConfig.none(), args.frames, (size, size))
+    budget = unreduced.flops
     layout = qa.adapter.layout("", many, size, size)
     plan = plan_for_budget(qa.shape, budget, layout.tokens_per_step, layout.text_tokens, frame_choices=(many,),
                            max_efficiency=1.0, unmerged_visual_tokens=layout.unmerged)
@@ -185,7 +186,7 @@ def long_video_point(qa: VideoQA, args: argparse.Namespace, size: int) -> str:
     )
     # What a first question pays for: the vision tower too, which 4x the frames makes 4x longer unless the knob
     # merges inside it as well (`vision_keep`).
-    whole_budget = qa.estimate(AIMConfig.none(), args.frames, (size, size)).total_flops
+    whole_budget = unreduced.total_flops
     try:
         whole = qa.plan_for_budget(whole_budget, (size, size), frame_choices=(many,))
     except SettingsError:
