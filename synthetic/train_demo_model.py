@@ -462,7 +462,6 @@ class Run:
     """
 
     def __init__(self, folder: Path) -> None:
-        self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.checkpoint = folder / "checkpoint.pt"
         self.log_file = folder / "training.log"
