@@ -107,9 +107,9 @@ class Stage:
 # often as the other kinds: they need several questions a video, for many steps, before the answers follow what the
 # tokens know (probed) of their shape's direction and predecessor. Those stages come last, after every other kind
 # has been learnt, and still ask one question of each other kind.
-# Learning rates are half the 8-layer model's: at 2e-3 the 12-layer language model learnt the short videos so slowly
-# that it was still far behind after the middle stage (300 steps of the first language stage: loss 0.39 at 2e-3,
-# 0.31 at 1e-3, 0.32 at 5e-4 with better answers).
+# Learning rates are half the 8-layer recipe's (the joint stage's 2e-4, a third below its 3e-4): at 2e-3 the
+# 12-layer language model learnt the short videos so slowly that it was still far behind after the middle stage
+# (300 steps of the first language stage: loss 0.39 at 2e-3, 0.31 at 1e-3, 0.32 at 5e-4 with better answers).
 FOCUS = ("after", "direction")
 STAGES = (
     Stage("vision", 2000, 1e-3, videos=64),
