@@ -171,9 +171,9 @@ class Runner:
 
     def vision_merge_pays(self) -> bool:
         """Whether merging inside the vision tower is worth turning on by default for the loaded model: its tower can
-        merge, and is at least 40% of an unreduced first answer's FLOPs (32 frames of 384x384: LLaVA-OneVision-0.5B
-        72%, Qwen2-VL-2B 64%, Qwen2.5-VL-3B 44%, Qwen3-VL-2B 43%). Not for the 7B/8B models (18-26%), nor the demo
-        model (15%), where the matching costs more time than its tiny tower saves, and costs accuracy."""
+        merge, and is at least 40% of an unreduced first answer's FLOPs at 32 frames (the picker's 0.5B-3B models).
+        Not for the 7B/8B models, whose LLM dominates, nor the demo model, where the matching costs more time than
+        its tiny tower saves, and costs accuracy (`benchmarks.vision_merge_accuracy`)."""
         if self.registry.qa.adapter.vision_output_layer is None:
             return False
         estimate = self.registry.qa.estimate(AIMConfig.none(), 32, DEFAULT_FRAME_SIZE)

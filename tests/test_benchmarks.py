@@ -41,3 +41,18 @@ def test_pruning_until_the_last_layer_keeps_visual_tokens_in_every_layer_but_the
     assert counts == AIMConfig(prune_end=1.0).visual_keep_counts(8, 128)
     assert all(count > 0 for count in counts[:-1]) and counts[-1] == 0
     assert AIMConfig().visual_keep_counts(8, 128)[5:] == [0, 0, 0]  # the paper's schedule, on 8 layers
+
+
+def test_the_sweep_plot_is_drawn_from_every_reached_cell_of_its_table():
+    from benchmarks.synthetic_sweep import RESULTS, plot, table_points
+
+    table = (RESULTS / "synthetic_qa-seed0.md").read_text()
+    rows = [r for r in table.splitlines() if r.startswith("| ") and "FLOPs)" in r and r.count("|") == len(BUDGETS) + 2]
+    points = table_points(table)
+    assert len(points) == len(rows) >= 6
+    for row in rows:
+        name, *cells = [cell.strip() for cell in row.strip("|").split("|")]
+        reached = [cell for cell in cells if cell != "cannot reach"]
+        assert [f"{accuracy:.1f}% ({flops:.1f}% FLOPs)" for flops, accuracy in points[name]] == reached
+    figure = plot(table)
+    assert {trace.name for trace in figure.data} == {*points, "no reduction", "AIM default"}
