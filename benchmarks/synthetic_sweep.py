@@ -91,6 +91,9 @@ def cell(result: Result | None, baseline: Result) -> str:
     return f"{100 * result.accuracy:.1f}% ({100 * result.flops / baseline.flops:.1f}% FLOPs)"
 
 
+REACHED_CELL = re.compile(r"([\d.]+)% \(([\d.]+)% FLOPs\)")  # reads back what `cell` writes: accuracy, FLOPs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=500)
@@ -229,7 +232,7 @@ def table_points(table: str) -> dict[str, list[tuple[float, float]]]:
     points = {}
     for row in table.splitlines():
         cells = [cell.strip() for cell in row.strip("|").split("|")]
-        found = [re.fullmatch(r"([\d.]+)% \(([\d.]+)% FLOPs\)", cell) for cell in cells[1:]]
+        found = [REACHED_CELL.fullmatch(cell) for cell in cells[1:]]
         if row.startswith("| ") and len(cells) == len(BUDGETS) + 1 and any(found):
             points[cells[0]] = [(float(m[2]), float(m[1])) for m in found if m]
     return points
