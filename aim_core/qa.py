@@ -35,6 +35,7 @@ from .config import AIMConfig, TokenReduction, no_pruning_before
 from .cost import BudgetPlan, CostEstimate, PipelineFlops, VisionWork, estimate_cost, plan_for_budget
 from .errors import ModelError, QuestionError, SettingsError, VideoError
 from .flops import DecoderShape, prefill_flops, vision_flops
+from .kernels import graph_free_attention
 from .merge import MergeResult
 from .patch import PrefillRecord, VisualTokenPruner
 from .video import SampledFrames, frame_indices, sample_frames
@@ -422,7 +423,7 @@ class AnswerStream:
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                 outcome["start"] = _now(device)
-                with pruning, cancellable(adapter.decoder_layers, stop_in_prefill):
+                with pruning, cancellable(adapter.decoder_layers, stop_in_prefill), graph_free_attention():
                     outcome["output"] = qa.model.generate(
                         **inputs, **settings, streamer=streamer, logits_processor=[clock],
                         stopping_criteria=[_StopWhenSet(self._cancelled)], return_dict_in_generate=True,

@@ -154,8 +154,10 @@ def build_llava_onevision(
     seed: int = 0,
     attn_implementation: str = "sdpa",
     dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
 ) -> tuple[LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor]:
-    """A randomly initialised stock `LlavaOnevisionForConditionalGeneration` and its processor."""
+    """A randomly initialised stock `LlavaOnevisionForConditionalGeneration` and its processor; the weights are
+    drawn on `device` (a 7B-shaped model initialises in seconds on a GPU, minutes on a CPU)."""
     tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
     processor = build_llava_onevision_processor(tokenizer, shape.image_size, shape.patch_size)
     pinpoints = processor.image_processor.image_grid_pinpoints
@@ -189,7 +191,8 @@ def build_llava_onevision(
     )
     config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
-    model = LlavaOnevisionForConditionalGeneration(config).to(dtype).eval()
+    with torch.device(device):
+        model = LlavaOnevisionForConditionalGeneration(config).to(dtype).eval()
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, processor
@@ -332,13 +335,16 @@ def build_qwen_vl(
     seed: int = 0,
     attn_implementation: str = "sdpa",
     dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """A randomly initialised stock Qwen2-VL, Qwen2.5-VL or Qwen3-VL (`shape.family`) and its processor."""
+    """A randomly initialised stock Qwen2-VL, Qwen2.5-VL or Qwen3-VL (`shape.family`) and its processor; the weights
+    are drawn on `device`."""
     tokenizer = tokenizer if tokenizer is not None else build_qwen_tokenizer()
     config = qwen_vl_config(shape, tokenizer)
     config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
-    model = _QWEN_CLASSES[shape.family][1](config).to(dtype).eval()
+    with torch.device(device):
+        model = _QWEN_CLASSES[shape.family][1](config).to(dtype).eval()
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, build_qwen_vl_processor(tokenizer, shape)

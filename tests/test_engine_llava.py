@@ -331,3 +331,17 @@ def test_follow_up_on_the_same_file_skips_decoding(tiny_llava, random_frames, tm
     write_video(path, random_frames[::-1].copy(), fps=4)  # the file changed: decoded again
     changed = qa.answer(path, QUESTION, num_frames=4, max_new_tokens=1)
     assert len(decoded) == 3 and not changed.stats.vision_cached
+
+
+def test_generation_runs_without_the_cudnn_attention_backend(qa, random_frames):
+    """SDPA's cuDNN backend builds a graph per new sequence length, which decoding and pruning meet at every step and
+    layer (`aim_core.kernels`): the model generates without it, and the setting is restored afterwards."""
+    seen = []
+    spy = qa.adapter.decoder_layers[0].register_forward_pre_hook(
+        lambda module, args: seen.append(torch.backends.cuda.cudnn_sdp_enabled()))
+    try:
+        qa.answer(random_frames, QUESTION, config=AIMConfig(), max_new_tokens=3, min_new_tokens=3)
+    finally:
+        spy.remove()
+    assert len(seen) == 3 and not any(seen)
+    assert torch.backends.cuda.cudnn_sdp_enabled()
