@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 from aim_core import AIMConfig, QuestionError, SettingsError, VideoQA
 from aim_core.baselines import FastV, RandomDrop
 from aim_core.config import visual_keep_counts
+from aim_core.kernels import graph_free_attention
 from aim_core.patch import VisualTokenPruner
 from aim_core.prune import pagerank_importance, text_to_visual_importance
 
@@ -336,6 +339,7 @@ def test_follow_up_on_the_same_file_skips_decoding(tiny_llava, random_frames, tm
 def test_generation_runs_without_the_cudnn_attention_backend(qa, random_frames):
     """SDPA's cuDNN backend builds a graph per new sequence length, which decoding and pruning meet at every step and
     layer (`aim_core.kernels`): the model generates without it, and the setting is restored afterwards."""
+    before = torch.backends.cuda.cudnn_sdp_enabled()
     seen = []
     spy = qa.adapter.decoder_layers[0].register_forward_pre_hook(
         lambda module, args: seen.append(torch.backends.cuda.cudnn_sdp_enabled()))
@@ -344,4 +348,33 @@ def test_generation_runs_without_the_cudnn_attention_backend(qa, random_frames):
     finally:
         spy.remove()
     assert len(seen) == 3 and not any(seen)
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+
+
+def test_overlapping_answers_restore_the_cudnn_switch_when_the_last_one_ends():
+    """Two answers in their own threads, the first ending before the second: the switch stays off until both have
+    ended (restoring it per answer would turn it on under the second, or leave it off for good)."""
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    first_inside, second_inside, first_done = threading.Event(), threading.Event(), threading.Event()
+    states = {}
+
+    def first() -> None:
+        with graph_free_attention():
+            first_inside.set()
+            second_inside.wait()
+        first_done.set()
+
+    def second() -> None:
+        first_inside.wait()
+        with graph_free_attention():
+            second_inside.set()
+            first_done.wait()
+            states["after the first ended"] = torch.backends.cuda.cudnn_sdp_enabled()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert states == {"after the first ended": False}
     assert torch.backends.cuda.cudnn_sdp_enabled()
