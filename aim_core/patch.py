@@ -10,7 +10,8 @@ position of each new token comes from layer 0, which is never pruned.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,7 +91,8 @@ class VisualTokenPruner:
         self.importance = importance
         self.forced_kept = forced_kept
         self.record = PrefillRecord()
-        self.scoring_seconds = 0.0
+        self._scoring = _Stopwatch()
+        self._sequence_length = 0  # of the current forward, before any pruning
         self._positions: torch.Tensor | None = None  # sequence positions held by the current layer's input
         self._visual_index: torch.Tensor | None = None  # per sequence position, its visual index or -1 (text)
         self._layer_positions: list[torch.Tensor] = []  # positions each layer kept in its cache at prefill
@@ -120,29 +122,29 @@ class VisualTokenPruner:
         hidden = args[0] if args else kwargs["hidden_states"]
         cos, sin = kwargs["position_embeddings"]
         if index == 0:
-            self._positions = torch.arange(hidden.shape[1], device=hidden.device)
+            self._sequence_length = hidden.shape[1]
+            self._positions = torch.arange(self._sequence_length, device=hidden.device)
             self._visual_index = torch.full((hidden.shape[1],), -1, device=hidden.device)
             self._visual_index[self.visual_positions.to(hidden.device)] = torch.arange(
                 len(self.visual_positions), device=hidden.device)
             self._visual_count = self.keep_counts[0]
+            self._kept_visual = torch.arange(self._visual_count, device=hidden.device)
             self._layer_positions = []
             self.record = PrefillRecord()
         positions = self._positions
         full_length = cos.shape[-2]
 
-        is_visual = self._is_visual(positions)
         if self.keep_counts[index] < self._visual_count:
-            rows = self._rows_to_keep(index, layer, hidden, cos[:, positions], sin[:, positions], positions,
-                                      is_visual)
+            rows, chosen = self._rows_to_keep(index, layer, hidden, cos[:, positions], sin[:, positions], positions)
+            self._kept_visual = self._visual_index[positions[chosen]]
             hidden = hidden[:, rows]
             positions = positions[rows]
-            is_visual = is_visual[rows]
             self._positions = positions
             self._visual_count = self.keep_counts[index]
 
         self._layer_positions.append(positions)
         self.record.tokens_per_layer.append(len(positions))
-        self.record.kept_visual.append(self._visual_index[positions[is_visual]])
+        self.record.kept_visual.append(self._kept_visual)
         if len(positions) == full_length:
             return args, kwargs
 
@@ -169,22 +171,23 @@ class VisualTokenPruner:
         kwargs["attention_mask"] = _select_mask(mask, None, torch.cat([kept, decoded]))
         return kwargs
 
-    def _is_visual(self, positions: torch.Tensor) -> torch.Tensor:
-        """Which of the sequence positions hold visual tokens."""
-        return self._visual_index[positions] >= 0
+    @property
+    def scoring_seconds(self) -> float:
+        """Time spent ranking visual tokens, in all the forwards run so far."""
+        return self._scoring.seconds()
 
     def _rows_to_keep(
-        self,
-        index: int,
-        layer: nn.Module,
-        hidden: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        self, index: int, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
         positions: torch.Tensor,
-        is_visual: torch.Tensor,
-    ) -> torch.Tensor:
-        """Rows of the layer's input to keep: every text token and the most important visual tokens."""
-        visual_rows = is_visual.nonzero().squeeze(1)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of the layer's input to keep (every text token and the most important visual tokens, ascending),
+        and the rows of the visual tokens kept (ascending).
+
+        The rows are found by a stable sort on "is text" rather than `nonzero`, whose output size the host must read
+        back: on a GPU that wait, at every pruning layer, stalled the queue of kernels the host had launched ahead.
+        """
+        order = torch.sort((self._visual_index[positions] < 0).to(torch.uint8), stable=True).indices
+        visual_rows, text_rows = order[:self._visual_count], order[self._visual_count:]
         count = self.keep_counts[index]
         if self.forced_kept is not None:
             wanted = self.visual_positions[self.forced_kept[index].cpu()].to(positions.device)
@@ -194,12 +197,10 @@ class VisualTokenPruner:
         elif count == 0:
             chosen = visual_rows[:0]
         else:
-            started = _now(hidden.device)
-            importance = self._importance(layer, hidden, cos, sin, positions, visual_rows)
-            chosen = visual_rows[keep_most_important(importance, count)]
-            self.scoring_seconds += _now(hidden.device) - started
-        text_rows = (~is_visual).nonzero().squeeze(1)
-        return torch.cat([text_rows, chosen]).sort().values
+            with self._scoring.timing(hidden.device):
+                importance = self._importance(layer, hidden, cos, sin, positions, visual_rows)
+                chosen = visual_rows[keep_most_important(importance, count)]
+        return torch.cat([text_rows, chosen]).sort().values, chosen
 
     def _importance(
         self,
@@ -214,18 +215,44 @@ class VisualTokenPruner:
         if self.importance == "pagerank":
             query, key, scale = self.project_qk(layer, hidden[0], cos[0], sin[0], None)
             return pagerank_importance(query, key, positions, visual_rows, scale)
-        query_rows = ((positions >= self.visual_end) & (positions < self.prompt_length)).nonzero().squeeze(1)
-        if self.importance == "last" or len(query_rows) == 0:  # no text after the visual tokens: the last one ranks
-            query_rows = (positions < self.prompt_length).nonzero()[-1:, 0]
+        # Text is never pruned, so the prompt's tokens after the visual ones are the rows just before those past the
+        # prompt (a full recomputation runs the answer's tokens too), known without reading `positions` back.
+        after_visual = self.prompt_length - self.visual_end
+        if self.importance == "last" or after_visual == 0:  # no text after the visual tokens: the last one ranks
+            after_visual = 1
+        end = len(positions) - max(self._sequence_length - self.prompt_length, 0)
+        query_rows = torch.arange(end - after_visual, end, device=positions.device)
         query, key, scale = self.project_qk(layer, hidden[0], cos[0], sin[0], query_rows)
         return text_to_visual_importance(query, key, positions[query_rows], positions, visual_rows, scale)
 
 
-def _now(device: torch.device) -> float:
-    """Wall-clock time, after the device has finished its queued work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
+class _Stopwatch:
+    """Adds up the time of timed stretches; on a GPU with CUDA events, read once at the end, so that timing does not
+    make the host wait for the device at every stretch."""
+
+    def __init__(self) -> None:
+        self._seconds = 0.0
+        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    @contextmanager
+    def timing(self, device: torch.device) -> Iterator[None]:
+        if device.type != "cuda":
+            started = time.perf_counter()
+            yield
+            self._seconds += time.perf_counter() - started
+            return
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        yield
+        end.record()
+        self._events.append((start, end))
+
+    def seconds(self) -> float:
+        for start, end in self._events:
+            end.synchronize()
+            self._seconds += start.elapsed_time(end) / 1000
+        self._events.clear()
+        return self._seconds
 
 
 def _select_mask(mask: torch.Tensor, rows: torch.Tensor | None, columns: torch.Tensor) -> torch.Tensor:

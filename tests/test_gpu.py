@@ -147,6 +147,29 @@ def test_cached_decoding_under_pruning_is_a_full_recomputation(qa):
     assert rounding < effect / 10, (rounding, effect)
 
 
+@pytest.mark.parametrize("importance", ["text", "last"])
+def test_pruning_never_makes_the_host_wait_for_the_gpu(qa, importance, monkeypatch):
+    """The hooks queue their work behind the model's without reading anything back (a wait at every pruning layer
+    left the GPU idle while the host launched the next kernels): CUDA's sync debug mode raises on any such wait
+    inside a hook. Layer 0 is left out: it copies the visual positions from the host once a prefill."""
+    def strict(method):
+        def hooked(self, index, *args, **kwargs):
+            if index == 0:
+                return method(self, index, *args, **kwargs)
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                return method(self, index, *args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return hooked
+
+    monkeypatch.setattr(VisualTokenPruner, "_prefill_layer", strict(VisualTokenPruner._prefill_layer))
+    monkeypatch.setattr(VisualTokenPruner, "_decode_layer", strict(VisualTokenPruner._decode_layer))
+    output, _, prompt, _, kept = pruned_run(qa, AIMConfig(merge_keep=0.5, importance=importance), 4)
+    assert len(kept[-1]) < len(kept[0]) == prompt.num_visual  # it pruned
+    assert output.sequences.shape[1] == prompt.length + 4
+
+
 @pytest.mark.parametrize("attention", ATTENTIONS)
 def test_qwen_tower_merging_keeps_segments_apart(attention):
     """Merging inside Qwen2.5-VL's tower: each block's attention gets the merged rows' own segments (`cu_seqlens`,
