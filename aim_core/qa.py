@@ -248,7 +248,7 @@ class VideoQA:
         layers = self.adapter.vision_layers
         merger = self.adapter.vision_token_merger(vision_keep)
         started = _now(self.model.device)
-        with merger:
+        with merger, graph_free_attention():
             encoding = self.adapter.encode_video(frames.frames, _metadata(frames)) if image is None else \
                 self.adapter.encode_image(image)
         vision = merger.record if merger.record.tokens_per_layer else VisionRecord(

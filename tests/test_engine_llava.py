@@ -336,18 +336,23 @@ def test_follow_up_on_the_same_file_skips_decoding(tiny_llava, random_frames, tm
     assert len(decoded) == 3 and not changed.stats.vision_cached
 
 
-def test_generation_runs_without_the_cudnn_attention_backend(qa, random_frames):
-    """SDPA's cuDNN backend builds a graph per new sequence length, which decoding and pruning meet at every step and
-    layer (`aim_core.kernels`): the model generates without it, and the setting is restored afterwards."""
+def test_the_tower_and_generation_run_without_the_cudnn_attention_backend(qa, random_frames):
+    """SDPA's cuDNN backend builds a graph per new sequence length and thread, which decoding and pruning meet at
+    every step and layer, and a merged tower in every new thread (`aim_core.kernels`): the vision tower and the
+    decoder run without it, and the setting is restored afterwards."""
     before = torch.backends.cuda.cudnn_sdp_enabled()
-    seen = []
-    spy = qa.adapter.decoder_layers[0].register_forward_pre_hook(
-        lambda module, args: seen.append(torch.backends.cuda.cudnn_sdp_enabled()))
+    qa.clear_cache()
+    seen = {"tower": [], "decoder": []}
+    spies = [layers[0].register_forward_pre_hook(
+        lambda module, args, part=part: seen[part].append(torch.backends.cuda.cudnn_sdp_enabled()))
+        for part, layers in (("tower", qa.adapter.vision_layers), ("decoder", qa.adapter.decoder_layers))]
     try:
-        qa.answer(random_frames, QUESTION, config=AIMConfig(), max_new_tokens=3, min_new_tokens=3)
+        qa.answer(random_frames, QUESTION, config=AIMConfig(vision_keep=0.5), max_new_tokens=3, min_new_tokens=3)
     finally:
-        spy.remove()
-    assert len(seen) == 3 and not any(seen)
+        for spy in spies:
+            spy.remove()
+    assert len(seen["tower"]) >= 1 and not any(seen["tower"])
+    assert len(seen["decoder"]) == 3 and not any(seen["decoder"])
     assert torch.backends.cuda.cudnn_sdp_enabled() == before
 
 
