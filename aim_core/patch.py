@@ -92,9 +92,9 @@ class VisualTokenPruner:
         self.forced_kept = forced_kept
         self.record = PrefillRecord()
         self._scoring = _Stopwatch()
-        self._sequence_length = 0  # of the current forward, before any pruning
         self._positions: torch.Tensor | None = None  # sequence positions held by the current layer's input
-        self._visual_index: torch.Tensor | None = None  # per sequence position, its visual index or -1 (text)
+        # per position of the forward's unpruned sequence, its visual index or -1 (text)
+        self._visual_index: torch.Tensor | None = None
         self._layer_positions: list[torch.Tensor] = []  # positions each layer kept in its cache at prefill
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -122,8 +122,7 @@ class VisualTokenPruner:
         hidden = args[0] if args else kwargs["hidden_states"]
         cos, sin = kwargs["position_embeddings"]
         if index == 0:
-            self._sequence_length = hidden.shape[1]
-            self._positions = torch.arange(self._sequence_length, device=hidden.device)
+            self._positions = torch.arange(hidden.shape[1], device=hidden.device)
             self._visual_index = torch.full((hidden.shape[1],), -1, device=hidden.device)
             self._visual_index[self.visual_positions.to(hidden.device)] = torch.arange(
                 len(self.visual_positions), device=hidden.device)
@@ -220,7 +219,7 @@ class VisualTokenPruner:
         after_visual = self.prompt_length - self.visual_end
         if self.importance == "last" or after_visual == 0:  # no text after the visual tokens: the last one ranks
             after_visual = 1
-        end = len(positions) - max(self._sequence_length - self.prompt_length, 0)
+        end = len(positions) - max(len(self._visual_index) - self.prompt_length, 0)
         query_rows = torch.arange(end - after_visual, end, device=positions.device)
         query, key, scale = self.project_qk(layer, hidden[0], cos[0], sin[0], query_rows)
         return text_to_visual_importance(query, key, positions[query_rows], positions, visual_rows, scale)
