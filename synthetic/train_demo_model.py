@@ -374,9 +374,12 @@ def answer_forward(
     own_question &= positions[:, None, :] <= positions[:, :, None]
     prefix_length = batch.prefix.shape[1]
     sees = torch.cat([torch.ones(*shape, prefix_length, dtype=torch.bool), own_question], dim=2)
+    # Additive, not boolean: eager attention adds a 4-D mask to the scores as it is (diagnostics that read attention
+    # weights run eager), so a boolean one would mask nothing there.
+    blocked = torch.finfo(features.dtype).min
     hidden = core.language_model(
         input_ids=rows,
-        attention_mask=sees[:, None],
+        attention_mask=torch.where(sees, 0.0, blocked).to(features.dtype)[:, None],
         position_ids=prefix_length + positions,
         cache=cache,
         use_cache=True,

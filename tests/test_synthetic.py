@@ -223,17 +223,31 @@ def test_rendering_is_scale_consistent_through_the_processor():
     assert (small - large).abs().mean() < 0.03
 
 
-def test_rendering_a_long_video_is_fast():
+def test_rendering_a_long_video_costs_a_few_passes_over_its_pixels():
     scene = make_scene(5, 256)
-    started = time.perf_counter()
-    render(scene, 256)
-    assert time.perf_counter() - started < 4.0  # about 0.45 s alone on the project's 2-core machines
+    render(scene, 256, np.arange(4))  # warm-up
+
+    def seconds(work) -> float:
+        times = []
+        for _ in range(2):
+            started = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    rendering = seconds(lambda: render(scene, 256))
+    filling = seconds(lambda: np.random.default_rng(0).random((256, 256, 256, 3), dtype=np.float32))
+    # A ratio, not seconds, as the machines are shared: about 3x here; drawing each frame at a larger size, or looping
+    # over pixels in Python, would be far above the bound.
+    assert rendering < 15 * filling
 
 
-def test_shared_prefix_training_forward_matches_the_stock_forward():
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_shared_prefix_training_forward_matches_the_stock_forward(attention):
     from synthetic.train_demo_model import STAGES, answer_logits, build, make_batch, training_batch
 
     model, processor = build(seed=0)
+    model.set_attn_implementation(attention)
     stage = next(s for s in STAGES if s.name == "joint" and max(s.frames) >= 8)
     batch = training_batch(processor, stage, seed=0, step=3)
     # Fewer questions about some videos than others, so that some rows end in padding.
