@@ -2,7 +2,7 @@
 
 import itertools
 import json
-import time
+import timeit
 from collections import Counter
 from pathlib import Path
 
@@ -226,17 +226,9 @@ def test_rendering_is_scale_consistent_through_the_processor():
 def test_rendering_a_long_video_costs_a_few_passes_over_its_pixels():
     scene = make_scene(5, 256)
     render(scene, 256, np.arange(4))  # warm-up
-
-    def seconds(work) -> float:
-        times = []
-        for _ in range(2):
-            started = time.perf_counter()
-            work()
-            times.append(time.perf_counter() - started)
-        return min(times)
-
-    rendering = seconds(lambda: render(scene, 256))
-    filling = seconds(lambda: np.random.default_rng(0).random((256, 256, 256, 3), dtype=np.float32))
+    rendering = min(timeit.repeat(lambda: render(scene, 256), repeat=2, number=1))
+    filling = min(timeit.repeat(
+        lambda: np.random.default_rng(0).random((256, 256, 256, 3), dtype=np.float32), repeat=2, number=1))
     # A ratio, not seconds, as the machines are shared: about 3x here; drawing each frame at a larger size, or looping
     # over pixels in Python, would be far above the bound.
     assert rendering < 15 * filling
