@@ -355,10 +355,10 @@ def test_moment_labels_follow_the_shape_under_each_token():
 
 
 def test_probes_train_on_the_language_models_video_tokens():
-    from synthetic.train_demo_model import SHAPE, STAGES, Probes, answer_forward, build, training_batch
+    from synthetic.train_demo_model import SHAPE, STAGES, Probes, answer_forward, build, training_batch, word_vectors
 
     model, processor = build(seed=0)
-    probes = Probes(SHAPE.text_hidden)
+    probes = Probes(SHAPE.text_hidden, word_vectors(model, processor))
     batch = training_batch(processor, STAGES[2], seed=0, step=1)
     _, states = answer_forward(model, batch)
     loss, accuracy = probes(states, batch, model.config.video_token_index)
@@ -367,6 +367,27 @@ def test_probes_train_on_the_language_models_video_tokens():
     assert {"first_seen", "start_x"} <= set(accuracy) and all(0 <= a <= 1 for a in accuracy.values())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in probes.heads["first_seen"].parameters())
     assert next(model.model.language_model.parameters()).grad.abs().sum() > 0
+
+
+def test_the_direction_probe_reads_the_direction_words_own_input_embeddings():
+    from synthetic.train_demo_model import PROBES, SHAPE, STAGES, Probes, build, training_batch, word_vectors
+
+    model, processor = build(seed=0)
+    words = word_vectors(model, processor)
+    probes = Probes(SHAPE.text_hidden, words)
+    batch = training_batch(processor, STAGES[4], seed=0, step=0)  # a stage that asks "which way" often
+    label = batch.probe_labels["direction"]
+    assert (label >= 0).sum() > 10
+    video = (batch.prefix[0] == model.config.video_token_index).nonzero()[:-1, 0]
+    layers = max(probe.layer for probe in PROBES.values()) + 1
+    for shift, expected in ((0, 1.0), (1, 0.0)):  # the token holds its own direction's word, then the next one's
+        states = torch.zeros(len(batch.scenes), batch.prefix.shape[1], SHAPE.text_hidden)
+        read = [DIRECTIONS[(int(d) + shift) % len(DIRECTIONS)] for d in label[label >= 0]]
+        held = states[:, video]
+        held[label >= 0] = torch.stack([words[w] for w in read]) * 3
+        states[:, video] = held
+        _, accuracy = probes((states,) * layers, batch, model.config.video_token_index)
+        assert accuracy["direction"] == expected
 
 
 def test_every_answer_is_one_token_of_its_own_in_the_demo_tokenizer():
