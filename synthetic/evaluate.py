@@ -6,12 +6,14 @@ processor from the chat-template prompt, and answered by plain greedy `model.gen
 
 from __future__ import annotations
 
+import argparse
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel, ProcessorMixin
+from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
 from aim_core.video import frame_indices
 from synthetic.scenes import KINDS, Question, Scene, make_scene, pick, questions, render, split_seeds
@@ -23,6 +25,7 @@ class Report:
     per_kind: dict[str, float]
     counts: dict[str, int]  # questions asked per kind
     num_frames: int
+    mistakes: dict[str, Counter[str]]  # per kind, what the wrong answers named (`mistake`)
 
 
 def chat_prompt(processor: ProcessorMixin, question: str) -> str:
@@ -41,6 +44,29 @@ def ask(model: PreTrainedModel, processor: ProcessorMixin, frames: np.ndarray, q
     inputs = processor(text=chat_prompt(processor, question), videos=[frames], return_tensors="pt")
     output = model.generate(**inputs.to(model.dtype), max_new_tokens=4, do_sample=False)
     return processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def mistake(scene: Scene, frames: np.ndarray, question: Question, answer: str) -> str:
+    """What a wrong `answer` names, from the sampled frame indices `frames`: for "which way", whether some other
+    shape seen moves that way (the answer read the wrong shape); for "right after", where the nearest seen shape with
+    that colour (shape) comes in the order of first sightings, counted from the asked shape; else "wrong"."""
+    shown = sorted((s for s in scene.sprites if len(s.shown_at(frames))), key=lambda s: s.shown_at(frames)[0])
+    name = question.text.rsplit("the ", 1)[-1].removesuffix("?").removesuffix(" move")  # "... the red ring[ move]?"
+    asked = next((s for s in shown if s.name == name), None)
+    if question.kind == "direction" and asked is not None:
+        others = {s.direction for s in shown if s is not asked}
+        return "another seen shape's direction" if answer in others else "no seen shape's direction"
+    if question.kind == "after" and asked is not None:
+        attribute = "colour" if "colour" in question.text else "shape"
+        at = shown.index(asked)
+        offsets = [k - at for k, s in enumerate(shown) if getattr(s, attribute) == answer]
+        if not offsets:
+            return "no seen shape's"
+        nearest = min(offsets, key=lambda o: (abs(o), -o))
+        if nearest == 0:
+            return "the asked shape's own"
+        return f"{nearest} after" if nearest > 0 else "an earlier shape's"
+    return "wrong"
 
 
 def held_out_questions(
@@ -82,15 +108,44 @@ def evaluate(
     (default: the processor's input size; the processor resizes any other size)."""
     size = size or processor.video_processor.size["height"]
     hits: dict[str, list[bool]] = {kind: [] for kind in KINDS}
+    mistakes: dict[str, Counter[str]] = {kind: Counter() for kind in KINDS}
     for scene, asked in held_out_questions(n, seed, num_frames, split=split):
-        frames = render(scene, size, frame_indices(scene.num_frames, num_frames))
+        picked = frame_indices(scene.num_frames, num_frames)
+        frames = render(scene, size, picked)
         for question in asked:
-            hits[question.kind].append(normalise(ask(model, processor, frames, question.text)) == question.answer)
+            answer = normalise(ask(model, processor, frames, question.text))
+            hits[question.kind].append(answer == question.answer)
+            if answer != question.answer:
+                mistakes[question.kind][mistake(scene, picked, question, answer)] += 1
     per_kind = {kind: float(np.mean(h)) for kind, h in hits.items()}
     every = [ok for h in hits.values() for ok in h]
-    return Report(float(np.mean(every)), per_kind, {kind: len(h) for kind, h in hits.items()}, num_frames)
+    counts = {kind: len(h) for kind, h in hits.items()}
+    return Report(float(np.mean(every)), per_kind, counts, num_frames, mistakes)
 
 
 def format_report(report: Report, title: str) -> str:
     kinds = " ".join(f"{kind} {acc:.3f} ({report.counts[kind]})" for kind, acc in report.per_kind.items())
-    return f"{title}: accuracy {report.accuracy:.3f} on {sum(report.counts.values())} questions | {kinds}"
+    named = "; ".join(
+        f"{kind}: " + ", ".join(f"{label} {count}" for label, count in counter.most_common())
+        for kind in ("direction", "after")
+        if (counter := report.mistakes[kind])
+    )
+    line = f"{title}: accuracy {report.accuracy:.3f} on {sum(report.counts.values())} questions | {kinds}"
+    return f"{line} | wrong answers named {named}" if named else line
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Exact-match accuracy of a saved model on held-out questions")
+    parser.add_argument("--model", default="assets/demo-model", help="a folder saved by synthetic.train_demo_model")
+    parser.add_argument("--n", type=int, default=700, help="questions, the same number of each kind")
+    parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0, help="offset into the test split's videos")
+    args = parser.parse_args()
+    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(args.model)
+    report = evaluate(model, processor, args.n, args.seed, args.frames)
+    print(format_report(report, f"{args.model}, test, {args.frames} frames"))
+
+
+if __name__ == "__main__":
+    main()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from aim_core.video import frame_indices, sample_frames
-from synthetic.evaluate import ask, normalise
+from synthetic.evaluate import ask, mistake, normalise
 from synthetic.scenes import (
     COLOURS,
     DIRECTIONS,
@@ -291,6 +291,34 @@ def test_samples_load_and_list_answerable_questions():
         by_text = {q.text: q for q in questions(make_scene(sample["seed"], sample["num_frames"]))}
         for q in sample["questions"]:
             assert by_text[q["text"]].answer == q["answer"] and q["kind"] in KINDS
+
+
+def test_a_wrong_answer_is_named_by_what_it_read_in_the_frames():
+    checked = Counter()
+    for seed in split_seeds("val", 60):
+        scene = make_scene(seed)
+        frames = frame_indices(scene.num_frames, 32)
+        shown = sorted((s for s in scene.sprites if len(s.shown_at(frames))), key=lambda s: s.shown_at(frames)[0])
+        for question in (q for q in questions_seen(scene, frames) if q.kind in ("direction", "after")):
+            asked = next(s for s in shown if question.text.rstrip("?").removesuffix(" move").endswith(s.name))
+            others = [s for s in shown if s is not asked]
+            if question.kind == "direction":
+                for direction in set(DIRECTIONS) - {question.answer}:
+                    expected = any(s.direction == direction for s in others)
+                    named = mistake(scene, frames, question, direction)
+                    assert named == ("another seen shape's direction" if expected else "no seen shape's direction")
+                    checked[named] += 1
+            if question.kind == "after" and "shape" in question.text:
+                at = shown.index(asked)
+                own = asked.shape
+                if all(s.shape != own for s in shown[max(at - 1, 0) : at] + shown[at + 1 :]):
+                    assert mistake(scene, frames, question, own) == "the asked shape's own"
+                    checked["own"] += 1
+                # No shape as near to the asked one, before or after, has the named shape.
+                if at + 2 < len(shown) and all(s.shape != shown[at + 2].shape for s in shown[max(at - 2, 0) : at + 2]):
+                    assert mistake(scene, frames, question, shown[at + 2].shape) == "2 after"
+                    checked["2 after"] += 1
+    assert min(checked.values()) > 3, checked
 
 
 def test_shipped_model_loads_offline_and_answers_sample_questions(monkeypatch):
