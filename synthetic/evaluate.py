@@ -1,7 +1,10 @@
 """Exact-match accuracy of a video LLM on held-out synthetic questions, asked as the app asks them.
 
 Frames are sampled as the app samples them (`aim_core.video.frame_indices`), preprocessed by the model's own
-processor from the chat-template prompt, and answered by plain greedy `model.generate`.
+processor from the chat-template prompt, and answered by plain greedy `model.generate`. Wrong answers to "which way"
+and "right after" are named by what they read instead (`mistake`), since that says why a kind is hard.
+
+    python -m synthetic.evaluate --model assets/demo-model --n 700 --frames 32
 """
 
 from __future__ import annotations
