@@ -28,7 +28,7 @@ class Report:
     per_kind: dict[str, float]
     counts: dict[str, int]  # questions asked per kind
     num_frames: int
-    mistakes: dict[str, Counter[str]]  # per kind, what the wrong answers named (`mistake`)
+    mistakes: dict[str, Counter[str]]  # per kind that `mistake` names, what its wrong answers named
 
 
 def chat_prompt(processor: ProcessorMixin, question: str) -> str:
@@ -49,10 +49,10 @@ def ask(model: PreTrainedModel, processor: ProcessorMixin, frames: np.ndarray, q
     return processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-def mistake(scene: Scene, frames: np.ndarray, question: Question, answer: str) -> str:
+def mistake(scene: Scene, frames: np.ndarray, question: Question, answer: str) -> str | None:
     """What a wrong `answer` names, from the sampled frame indices `frames`: for "which way", whether some other
     shape seen moves that way (the answer read the wrong shape); for "right after", where the nearest seen shape with
-    that colour (shape) comes in the order of first sightings, counted from the asked shape; else "wrong"."""
+    that colour (shape) comes in the order of first sightings, counted from the asked shape; None for other kinds."""
     shown = sorted((s for s in scene.sprites if len(s.shown_at(frames))), key=lambda s: s.shown_at(frames)[0])
     name = question.text.rsplit("the ", 1)[-1].removesuffix("?").removesuffix(" move")  # "... the red ring[ move]?"
     asked = next((s for s in shown if s.name == name), None)
@@ -69,7 +69,7 @@ def mistake(scene: Scene, frames: np.ndarray, question: Question, answer: str) -
         if nearest == 0:
             return "the asked shape's own"
         return f"{nearest} after" if nearest > 0 else "an earlier shape's"
-    return "wrong"
+    return None
 
 
 def held_out_questions(
@@ -118,8 +118,8 @@ def evaluate(
         for question in asked:
             answer = normalise(ask(model, processor, frames, question.text))
             hits[question.kind].append(answer == question.answer)
-            if answer != question.answer:
-                mistakes[question.kind][mistake(scene, picked, question, answer)] += 1
+            if answer != question.answer and (named := mistake(scene, picked, question, answer)) is not None:
+                mistakes[question.kind][named] += 1
     per_kind = {kind: float(np.mean(h)) for kind, h in hits.items()}
     every = [ok for h in hits.values() for ok in h]
     counts = {kind: len(h) for kind, h in hits.items()}
@@ -130,8 +130,8 @@ def format_report(report: Report, title: str) -> str:
     kinds = " ".join(f"{kind} {acc:.3f} ({report.counts[kind]})" for kind, acc in report.per_kind.items())
     named = "; ".join(
         f"{kind}: " + ", ".join(f"{label} {count}" for label, count in counter.most_common())
-        for kind in ("direction", "after")
-        if (counter := report.mistakes[kind])
+        for kind, counter in report.mistakes.items()
+        if counter
     )
     line = f"{title}: accuracy {report.accuracy:.3f} on {sum(report.counts.values())} questions | {kinds}"
     return f"{line} | wrong answers named {named}" if named else line

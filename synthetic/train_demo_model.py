@@ -139,7 +139,7 @@ def word_vectors(
     """{word: the unit direction of the input embedding of " word"} for every colour, shape and direction."""
     embeddings = model.get_input_embeddings().weight.detach()
     token = processor.tokenizer.convert_tokens_to_ids
-    return {w: F.normalize(embeddings[token("Ġ" + w)].clone(), dim=0) for w in (*COLOURS, *SHAPES, *DIRECTIONS)}
+    return {w: F.normalize(embeddings[token("Ġ" + w)], dim=0) for w in (*COLOURS, *SHAPES, *DIRECTIONS)}
 
 
 class TargetFeatures:
@@ -265,12 +265,13 @@ class Probes(torch.nn.Module):
 
     def __init__(self, hidden: int, word_vectors: dict[str, torch.Tensor]):
         super().__init__()
-        learnt = {name: probe for name, probe in PROBES.items() if not probe.words}
-        self.heads = torch.nn.ModuleDict({name: torch.nn.Linear(hidden, p.classes) for name, p in learnt.items()})
+        self.heads = torch.nn.ModuleDict()
         for name, probe in PROBES.items():
             if probe.words:
                 words = torch.stack([word_vectors[w] for w in probe.words])
                 self.register_buffer(f"{name}_words", words, persistent=False)
+            else:
+                self.heads[name] = torch.nn.Linear(hidden, probe.classes)
 
     def logits(self, name: str, states: torch.Tensor) -> torch.Tensor:
         if PROBES[name].words:
