@@ -127,24 +127,25 @@ class LlavaOnevisionShape:
     text_intermediate: int = 128
     max_positions: int = 32768
     vision_intermediate: int | None = None  # 2 x vision_hidden by default
+    rope_theta: float = 10_000.0  # Qwen2Config's default; the published Qwen2 checkpoints use 1e6
 
 
 # llava-hf/llava-onevision-qwen2-0.5b-ov-hf's real shapes: the SigLIP-so400m tower as the checkpoint ships it (26 of
 # its 27 layers, 384 px in 14 px patches: 27 x 27 patches, pooled to 196 tokens a frame) and Qwen2-0.5B.
 LLAVA_ONEVISION_0_5B_SHAPE = LlavaOnevisionShape(
     image_size=384, patch_size=14, vision_hidden=1152, vision_layers=26, vision_heads=16, vision_intermediate=4304,
-    text_hidden=896, text_layers=24, text_heads=14, text_kv_heads=2, text_intermediate=4864,
+    text_hidden=896, text_layers=24, text_heads=14, text_kv_heads=2, text_intermediate=4864, rope_theta=1e6,
 )
 # A model shaped like llava-onevision-qwen2-0.5b's language model (Qwen2-0.5B), with a tiny vision tower that
 # still yields 27x27 patches, i.e. 196 visual tokens per frame after pooling, as the real model does.
 QWEN2_0_5B_SHAPE = LlavaOnevisionShape(
     image_size=378, patch_size=14, vision_hidden=32, vision_layers=1, vision_heads=2,
-    text_hidden=896, text_layers=24, text_heads=14, text_kv_heads=2, text_intermediate=4864,
+    text_hidden=896, text_layers=24, text_heads=14, text_kv_heads=2, text_intermediate=4864, rope_theta=1e6,
 )
 # The same for llava-onevision-qwen2-7b (Qwen2-7B), for benchmarks on a GPU.
 QWEN2_7B_SHAPE = LlavaOnevisionShape(
     image_size=378, patch_size=14, vision_hidden=32, vision_layers=1, vision_heads=2,
-    text_hidden=3584, text_layers=28, text_heads=28, text_kv_heads=4, text_intermediate=18944,
+    text_hidden=3584, text_layers=28, text_heads=28, text_kv_heads=4, text_intermediate=18944, rope_theta=1e6,
 )
 
 
@@ -179,6 +180,7 @@ def build_llava_onevision(
             num_attention_heads=shape.text_heads,
             num_key_value_heads=shape.text_kv_heads,
             max_position_embeddings=shape.max_positions,
+            rope_parameters={"rope_type": "default", "rope_theta": shape.rope_theta},
             tie_word_embeddings=False,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,

@@ -15,6 +15,13 @@ from transformers.video_utils import VideoMetadata
 
 from aim_core import AIMConfig, SampledFrames, VideoQA, sample_frames
 from aim_core.adapters.qwen_vl import reference_pixel_bounds
+from aim_core.random_models import (
+    LLAVA_ONEVISION_0_5B_SHAPE,
+    QWEN2_0_5B_SHAPE,
+    QWEN2_7B_SHAPE,
+    LlavaOnevisionShape,
+    build_llava_onevision,
+)
 from app.testing import write_test_video
 
 QUESTION = "What happens in this video?"
@@ -224,3 +231,30 @@ def test_the_published_generation_config_is_honoured_but_answers_are_greedy(repo
     decoding.eos_token_id = published["eos_token_id"][0]  # config.json's single stop token: it would run on
     assert qa.answer(landscape, QUESTION, AIMConfig.from_efficiency(0.0), NUM_FRAMES,
                      max_new_tokens=NEW_TOKENS).stats.new_tokens == NEW_TOKENS
+
+
+@pytest.mark.parametrize(("shape", "repo_id", "real_vision_tower"), [
+    (LLAVA_ONEVISION_0_5B_SHAPE, "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", True),
+    (QWEN2_0_5B_SHAPE, "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", False),
+    (QWEN2_7B_SHAPE, "llava-hf/llava-onevision-qwen2-7b-ov-hf", False),
+])
+def test_the_benchmarks_real_shapes_are_the_published_configs(shape, repo_id, real_vision_tower):
+    """The latency and end-to-end benchmarks call these shapes real: their language models, RoPE base included, and
+    where claimed their vision towers are the published configs', and the RoPE base reaches the built model."""
+    published = json.loads((FIXTURES / repo_id / "config.json").read_text())
+    text = published["text_config"]
+    assert (shape.text_hidden, shape.text_layers, shape.text_heads, shape.text_kv_heads, shape.text_intermediate,
+            shape.max_positions, shape.rope_theta) == (
+        text["hidden_size"], text["num_hidden_layers"], text["num_attention_heads"], text["num_key_value_heads"],
+        text["intermediate_size"], text["max_position_embeddings"], text["rope_theta"])
+    if real_vision_tower:
+        vision = published["vision_config"]
+        assert (shape.vision_hidden, shape.vision_layers, shape.vision_heads, shape.vision_intermediate,
+                shape.image_size, shape.patch_size) == (
+            vision["hidden_size"], vision["num_hidden_layers"], vision["num_attention_heads"],
+            vision["intermediate_size"], vision["image_size"], vision["patch_size"])
+
+    model, _ = build_llava_onevision(LlavaOnevisionShape(rope_theta=shape.rope_theta))
+    head = model.config.text_config.hidden_size // model.config.text_config.num_attention_heads
+    expected = 1.0 / text["rope_theta"] ** (torch.arange(0, head, 2, dtype=torch.float32) / head)
+    torch.testing.assert_close(model.model.language_model.rotary_emb.inv_freq, expected)
