@@ -97,16 +97,23 @@ def merge_frames(tokens: torch.Tensor, keep_ratio: float) -> MergeResult:
     return merge_further(start, merged_count(n, keep_ratio))
 
 
-def merge_further(merged: MergeResult, target: int) -> MergeResult:
-    """Continue merging each frame of `merged` down to `target` tokens (at least 1), by repeated bipartite matching.
+def round_size(current: int, target: int, max_fraction: float = 0.5) -> int:
+    """Tokens one bipartite round removes on the way from `current` to `target` tokens: at most `max_fraction` of
+    `current`, at least 1. At 0.5 (as the paper's rounds) a round may fold all of set A, well matched or not; a
+    smaller fraction lets the worst-matched A tokens, a small object's among background, wait for a better partner."""
+    return min(current - target, max(1, math.ceil(current * min(max_fraction, 0.5))))
+
+
+def merge_further(merged: MergeResult, target: int, max_round_fraction: float = 0.5) -> MergeResult:
+    """Continue merging each frame of `merged` down to `target` tokens (at least 1), by repeated bipartite matching,
+    each round removing at most `max_round_fraction` of the tokens it starts with (`round_size`).
 
     `merged.source` must map every original token to a current one; the result's maps original tokens to the new
     survivors. At or below `target` tokens nothing changes.
     """
     tokens, sizes, source = merged.tokens, merged.sizes, merged.source
     while tokens.shape[1] > target:
-        current = tokens.shape[1]
-        r = min(current - target, math.ceil(current / 2))
+        r = round_size(tokens.shape[1], target, max_round_fraction)
         tokens, sizes, destination = bipartite_merge_step(tokens, sizes, r)
         source = destination.gather(1, source)
     return MergeResult(tokens=tokens, sizes=sizes, source=source.contiguous())

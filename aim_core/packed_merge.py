@@ -9,14 +9,13 @@ was never folded into another (its "representative"). Pure torch: no model class
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .merge import bipartite_merge_step
+from .merge import bipartite_merge_step, round_size
 
 
 @dataclass
@@ -49,13 +48,15 @@ class PackedMerge:
         return F.pad(self.lengths.cumsum(0), (1, 0)).to(self.tokens.device)
 
 
-def merge_segments(state: PackedMerge, tokens: torch.Tensor, targets: Sequence[int]) -> PackedMerge:
+def merge_segments(state: PackedMerge, tokens: torch.Tensor, targets: Sequence[int],
+                   max_round_fraction: float = 0.5) -> PackedMerge:
     """Merge each segment of `tokens` down to `targets[s]` rows (fewer than it has, or it stays as it is).
 
     Args:
         state: what earlier merging made of the original rows; `state.lengths` says where the segments are.
         tokens: `[rows, dim]` the rows of `state` as the blocks since updated them.
         targets: rows each segment keeps, at least 1.
+        max_round_fraction: the most of a segment's rows one bipartite round removes (`aim_core.merge.round_size`).
     """
     lengths = state.lengths
     new_lengths = torch.minimum(torch.tensor(list(targets), dtype=torch.long), lengths)
@@ -70,14 +71,14 @@ def merge_segments(state: PackedMerge, tokens: torch.Tensor, targets: Sequence[i
         rows = offsets[segments, None] + torch.arange(length, device=device)  # [segments, length]
         new_rows = new_offsets[segments, None] + torch.arange(target, device=device)
         batch_tokens, batch_sizes, local_destination, local_survivor = _merge_batch(tokens[rows], state.sizes[rows],
-                                                                                   target)
+                                                                                   target, max_round_fraction)
         merged[new_rows], sizes[new_rows] = batch_tokens, batch_sizes
         destination[rows] = new_offsets[segments, None] + local_destination
         survivor[new_rows] = offsets[segments, None] + local_survivor
     return PackedMerge(merged, sizes, destination[state.source], state.representative[survivor], new_lengths)
 
 
-def _merge_batch(tokens: torch.Tensor, sizes: torch.Tensor, target: int
+def _merge_batch(tokens: torch.Tensor, sizes: torch.Tensor, target: int, max_round_fraction: float
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Merge `[segments, n, dim]` tokens of `[segments, n]` sizes to `target` each, by repeated bipartite matching.
 
@@ -87,8 +88,8 @@ def _merge_batch(tokens: torch.Tensor, sizes: torch.Tensor, target: int
     destination = torch.arange(n, device=tokens.device).expand(segments, n)
     survivor = destination
     while tokens.shape[1] > target:
-        current = tokens.shape[1]
-        tokens, sizes, step = bipartite_merge_step(tokens, sizes, min(current - target, math.ceil(current / 2)))
+        tokens, sizes, step = bipartite_merge_step(tokens, sizes, round_size(tokens.shape[1], target,
+                                                                             max_round_fraction))
         destination = step.gather(1, destination)
         survivor = survivor.gather(1, step_survivors(step, tokens.shape[1]))
     return tokens, sizes, destination, survivor

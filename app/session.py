@@ -172,8 +172,9 @@ class Runner:
     def vision_merge_pays(self) -> bool:
         """Whether merging inside the vision tower is worth turning on by default for the loaded model: its tower can
         merge, and is at least 40% of an unreduced first answer's FLOPs at 32 frames (the picker's 0.5B-3B models).
-        Not for the 7B/8B models, whose LLM dominates, nor the demo model, where the matching costs more time than
-        its tiny tower saves, and costs accuracy (`benchmarks.vision_merge_accuracy`)."""
+        Not for the 7B/8B models, whose LLM dominates, nor the demo model, whose tiny tower is a small share of its
+        cost: merging there saves little, though its answers keep their accuracy
+        (`benchmarks.vision_merge_accuracy`)."""
         if self.registry.qa.adapter.vision_output_layer is None:
             return False
         estimate = self.registry.qa.estimate(AIMConfig.none(), 32, DEFAULT_FRAME_SIZE)

@@ -46,3 +46,14 @@ def tiny_llava_dir(tiny_llava, tmp_path_factory):
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def background_with_objects(frames: int = 2, n: int = 64, objects: tuple[int, ...] = (10, 36)) -> torch.Tensor:
+    """`[frames, n, 16]`: near-identical background tokens, and at `objects` (even indices: set A of the first
+    bipartite round) tokens like nothing else in the frame."""
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.ones(frames, n, 16) + 0.01 * torch.randn(frames, n, 16, generator=generator)
+    for k, index in enumerate(objects):
+        tokens[:, index] = -1.0
+        tokens[:, index, k] = 10.0
+    return tokens

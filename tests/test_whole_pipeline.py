@@ -6,13 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import background_with_objects
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
 from aim_core import AIMConfig, VideoQA
-from aim_core.config import vision_keep_counts
+from aim_core.config import VISION_MERGE_ROUND, vision_keep_counts
 from aim_core.cost import VisionWork, estimate_cost, plan_for_budget
 from aim_core.flops import DecoderShape, VisionShape, vision_flops
-from aim_core.merge import cluster_means, merge_frames, merge_further, unmerge
+from aim_core.merge import MergeResult, cluster_means, merge_frames, merge_further, unmerge
 from aim_core.random_models import LlavaOnevisionShape, QwenVLShape, build_llava_onevision, build_qwen_vl
 from aim_core.vision_patch import VisionTokenMerger
 from app.history import History, RunKey, RunPoint
@@ -69,6 +70,37 @@ def test_merging_continues_where_it_stopped_and_unmerges_to_the_grid():
     spread = unmerge(at_once.tokens, at_once.source)
     assert spread.shape == tokens.shape
     torch.testing.assert_close(spread[0, 5], at_once.tokens[0, at_once.source[0, 5]])
+
+
+def test_small_rounds_keep_a_lone_object_apart_where_rounds_of_all_of_set_a_fold_it_into_the_background():
+    tokens, objects = background_with_objects(), [10, 36]
+    start = MergeResult(tokens, torch.ones(2, 64, dtype=torch.long), torch.arange(64).expand(2, 64))
+    forced = merge_further(start, 16)  # the paper's rounds: 64 -> 32 folds every even-index token
+    patient = merge_further(start, 16, max_round_fraction=VISION_MERGE_ROUND)
+    assert forced.tokens.shape == patient.tokens.shape == (2, 16, 16)
+    for index in objects:
+        assert (forced.sizes.gather(1, forced.source[:, index : index + 1]) > 1).all()
+        assert (patient.sizes.gather(1, patient.source[:, index : index + 1]) == 1).all()
+    assert torch.equal(torch.bincount(patient.source[0]), patient.sizes[0])
+    # At 0.5 the rounds are the paper's, and any larger fraction is the same.
+    assert torch.equal(merge_further(start, 16, max_round_fraction=0.9).source, forced.source)
+
+
+def test_the_tower_hooks_merge_in_small_rounds(four_block_qa, random_frames):
+    layers = four_block_qa.adapter.vision_layers
+    seen: list[torch.Tensor] = []
+    # Registered before the merger's hooks: it sees block 1's input before merging.
+    spy = layers[1].register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(args[0] if args else kwargs["hidden_states"]), with_kwargs=True)
+    try:
+        with VisionTokenMerger(layers, 0.25, four_block_qa.adapter.vision_output_layer) as merger:
+            four_block_qa.adapter.encode_video(random_frames[:4])
+    finally:
+        spy.remove()
+    hidden = seen[0]
+    start = MergeResult(hidden, torch.ones(hidden.shape[:2], dtype=torch.long), torch.arange(64).expand(4, 64))
+    assert VISION_MERGE_ROUND < 0.5
+    assert torch.equal(merger.record.source, merge_further(start, 16, VISION_MERGE_ROUND).source)
 
 
 def attention_rows(qa: VideoQA, frames: np.ndarray, keep: float) -> tuple[list[int], torch.Tensor]:
