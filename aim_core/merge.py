@@ -29,6 +29,13 @@ class MergeResult:
     sizes: torch.Tensor
     source: torch.Tensor
 
+    @classmethod
+    def start(cls, tokens: torch.Tensor) -> MergeResult:
+        """Nothing merged yet: every one of the `[frames, n, dim]` tokens alone in its own cluster."""
+        frames, n, _ = tokens.shape
+        return cls(tokens, torch.ones(frames, n, dtype=torch.long, device=tokens.device),
+                   torch.arange(n, device=tokens.device).expand(frames, n))
+
 
 def merged_count(num_tokens: int, keep_ratio: float) -> int:
     """How many tokens a frame of `num_tokens` keeps at `keep_ratio` (at least one)."""
@@ -88,13 +95,7 @@ def merge_frames(tokens: torch.Tensor, keep_ratio: float) -> MergeResult:
         tokens: `[frames, n, dim]` visual tokens of each frame, in raster order.
         keep_ratio: fraction of each frame's tokens to keep, in (0, 1].
     """
-    frames, n, _ = tokens.shape
-    start = MergeResult(
-        tokens=tokens,
-        sizes=torch.ones(frames, n, dtype=torch.long, device=tokens.device),
-        source=torch.arange(n, device=tokens.device).expand(frames, n),
-    )
-    return merge_further(start, merged_count(n, keep_ratio))
+    return merge_further(MergeResult.start(tokens), merged_count(tokens.shape[1], keep_ratio))
 
 
 def round_size(current: int, target: int, max_fraction: float = 0.5) -> int:

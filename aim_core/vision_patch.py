@@ -75,13 +75,8 @@ class VisionTokenMerger:
 
     def _start(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         hidden = _hidden(args, kwargs)
-        frames, patches, _ = hidden.shape
-        self.record = VisionRecord(vision_keep_counts(len(self.layers), patches, self.keep, self.output_layer))
-        self._state = MergeResult(
-            tokens=hidden,
-            sizes=torch.ones(frames, patches, dtype=torch.long, device=hidden.device),
-            source=torch.arange(patches, device=hidden.device).expand(frames, patches),
-        )
+        self.record = VisionRecord(vision_keep_counts(len(self.layers), hidden.shape[1], self.keep, self.output_layer))
+        self._state = MergeResult.start(hidden)
 
     def _make_merge_hook(self, index: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict]:

@@ -74,7 +74,7 @@ def test_merging_continues_where_it_stopped_and_unmerges_to_the_grid():
 
 def test_small_rounds_keep_a_lone_object_apart_where_rounds_of_all_of_set_a_fold_it_into_the_background():
     tokens, objects = background_with_objects(), [10, 36]
-    start = MergeResult(tokens, torch.ones(2, 64, dtype=torch.long), torch.arange(64).expand(2, 64))
+    start = MergeResult.start(tokens)
     forced = merge_further(start, 16)  # the paper's rounds: 64 -> 32 folds every even-index token
     patient = merge_further(start, 16, max_round_fraction=VISION_MERGE_ROUND)
     assert forced.tokens.shape == patient.tokens.shape == (2, 16, 16)
@@ -97,10 +97,8 @@ def test_the_tower_hooks_merge_in_small_rounds(four_block_qa, random_frames):
             four_block_qa.adapter.encode_video(random_frames[:4])
     finally:
         spy.remove()
-    hidden = seen[0]
-    start = MergeResult(hidden, torch.ones(hidden.shape[:2], dtype=torch.long), torch.arange(64).expand(4, 64))
     assert VISION_MERGE_ROUND < 0.5
-    assert torch.equal(merger.record.source, merge_further(start, 16, VISION_MERGE_ROUND).source)
+    assert torch.equal(merger.record.source, merge_further(MergeResult.start(seen[0]), 16, VISION_MERGE_ROUND).source)
 
 
 def attention_rows(qa: VideoQA, frames: np.ndarray, keep: float) -> tuple[list[int], torch.Tensor]:
