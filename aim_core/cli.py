@@ -29,8 +29,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="keep some visual tokens down to the last layer instead of none from about 3/4 of the "
                              "depth on (better for shallow models, e.g. the demo model)")
     parser.add_argument("--paper", action="store_true",
-                        help="the paper's method alone: merge and prune for the LLM, but run the stock vision tower "
-                             "(by default the tower also merges patches, from efficiency > 0)")
+                        help="the paper's method alone: merge in the paper's rounds and prune for the LLM, and run "
+                             "the stock vision tower (by default the tower also merges patches from efficiency 0.25, "
+                             "and merging goes in smaller rounds)")
     parser.add_argument("--frames", type=int, default=32, help="frames sampled uniformly from the video")
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="hub id or local folder (default: the demo model)")
     parser.add_argument("--max-new-tokens", type=int, default=64)

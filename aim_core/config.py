@@ -14,6 +14,17 @@ from .merge import MergeResult, merge_frames, merged_count
 
 Importance = Literal["text", "pagerank", "last"]
 
+# The paper's bipartite rounds before the LLM fold up to all of set A: half of a frame's tokens.
+PAPER_MERGE_ROUND = 0.5
+# Each bipartite round inside the tower, and before the LLM at the efficiency knob's settings, folds at most this
+# fraction of a frame's tokens. Rounds of all of set A force a small shape's tokens into whatever they match best,
+# often another shape. The demo model on 1001 held-out questions (seed 400000), the paper's LLM setting with
+# vision_keep 0.25: 66.7% with rounds of all of set A inside the tower, 81.8% with rounds of a quarter, 81.2% of a
+# tenth, 83.2% unreduced; a quarter takes fewer rounds than a tenth for the same answers. Before the LLM, on 432
+# questions about brief shapes at 128 frames (seed 500000), `AIMConfig()` answered 58.6% with the paper's rounds and
+# 63.0% with a quarter's; level at 32 frames (504 questions, seed 600000: 81.9% and 81.2%).
+MERGE_ROUND = 0.25
+
 
 class TokenReduction(Protocol):
     """What `VideoQA` needs from a setting: AIM's (`AIMConfig`) or a baseline's (`aim_core.baselines`).
@@ -44,7 +55,8 @@ class AIMConfig:
     """One AIM setting. The defaults are the paper's: keep 25% of each frame's tokens after merging, then prune
     visual tokens linearly from 50% of the LLM's depth until none is left at 79% of it. The paper leaves the vision
     tower alone; `vision_keep` below 1 also merges patches inside it (see `vision_keep_counts`), which is where most
-    of the wait goes for models up to a few billion parameters.
+    of the wait goes for models up to a few billion parameters. The efficiency knob (`from_efficiency`) also merges
+    in smaller rounds than the paper's (`merge_round`).
 
     Attributes:
         merge_keep: fraction of each frame's visual tokens kept by merging, in (0, 1]; 1.0 merges nothing.
@@ -56,6 +68,8 @@ class AIMConfig:
         vision_keep: fraction of each frame's patches left by merging inside the vision tower, in (0, 1]; 1.0 runs
             the stock tower. The tower's output grid is restored before the projector, so the rest of the model is
             unchanged.
+        merge_round: the most of a frame's tokens one bipartite round of merging before the LLM removes, in
+            (0, 0.5]; 0.5 is the paper's (a round may fold all of set A), `MERGE_ROUND` the knob's.
     """
 
     merge_keep: float = 0.25
@@ -63,6 +77,7 @@ class AIMConfig:
     prune_end: float = 0.79
     importance: Importance = "text"
     vision_keep: float = 1.0
+    merge_round: float = PAPER_MERGE_ROUND
 
     def __post_init__(self) -> None:
         if not 0.0 < self.merge_keep <= 1.0:
@@ -75,6 +90,8 @@ class AIMConfig:
             raise SettingsError(f"importance must be 'text', 'pagerank' or 'last', got {self.importance!r}")
         if not 0.0 < self.vision_keep <= 1.0:
             raise SettingsError(f"vision_keep must be in (0, 1], got {self.vision_keep}")
+        if not 0.0 < self.merge_round <= PAPER_MERGE_ROUND:
+            raise SettingsError(f"merge_round must be in (0, 0.5], got {self.merge_round}")
 
     @classmethod
     def none(cls) -> AIMConfig:
@@ -90,8 +107,8 @@ class AIMConfig:
         1/16 and prune from 25% to 50% of depth. The vision tower's share moves in steps (`VISION_KEEP_STEPS`: all
         patches below 0.25, then 50%, 25% from 0.5, 12.5% from 0.9), so that neighbouring settings share the
         tower's cached output and a new setting on the same video runs only the LLM. Every field moves one way only,
-        so the cost falls monotonically as the knob rises. `.paper()` of a setting is the paper's method alone (the
-        stock tower).
+        so the cost falls monotonically as the knob rises. Merging before the LLM goes in rounds of `MERGE_ROUND`.
+        `.paper()` of a setting is the paper's method alone (the stock tower, the paper's rounds).
         """
         if isinstance(efficiency, bool) or not isinstance(efficiency, (int, float)) or math.isnan(efficiency):
             raise SettingsError(f"efficiency must be a number in [0, 1], got {efficiency!r}")
@@ -100,8 +117,10 @@ class AIMConfig:
         fields = [_interpolate(EFFICIENCY_ANCHORS, efficiency, i) for i in range(3)]
         merge_keep, prune_start, prune_end = (round(value, 6) for value in fields)
         vision_keep = min([1.0] + [keep for start, keep in VISION_KEEP_STEPS if efficiency >= start])
+        # With nothing to merge the rounds do not matter: the paper's value keeps efficiency 0 equal to `none()`.
+        merge_round = MERGE_ROUND if merge_keep < 1.0 else PAPER_MERGE_ROUND
         return cls(merge_keep=merge_keep, prune_start=prune_start, prune_end=prune_end, importance=importance,
-                   vision_keep=vision_keep)
+                   vision_keep=vision_keep, merge_round=merge_round)
 
     @property
     def merges(self) -> bool:
@@ -109,11 +128,12 @@ class AIMConfig:
 
     @property
     def frame_reduction_key(self) -> Hashable:
-        return ("merge", self.merge_keep)
+        return ("merge", self.merge_keep, self.merge_round)
 
     def reduce_frames(self, tokens: torch.Tensor) -> MergeResult:
-        """Merge each frame's tokens to `merge_keep` of them by bipartite soft matching."""
-        return merge_frames(tokens, self.merge_keep)
+        """Merge each frame's tokens to `merge_keep` of them by bipartite soft matching, in rounds of at most
+        `merge_round` of them."""
+        return merge_frames(tokens, self.merge_keep, self.merge_round)
 
     def visual_keep_counts(self, num_layers: int, num_visual: int) -> list[int]:
         """Visual tokens each of `num_layers` decoder layers keeps at prefill (see `visual_keep_counts`)."""
@@ -123,7 +143,11 @@ class AIMConfig:
         return replace(self, importance=importance)
 
     def paper(self) -> AIMConfig:
-        """The same merging and pruning with the stock vision tower, as the paper has it."""
+        """The same amount of merging and pruning as the paper does it: the stock vision tower, the paper's rounds."""
+        return replace(self, vision_keep=1.0, merge_round=PAPER_MERGE_ROUND)
+
+    def with_stock_tower(self) -> AIMConfig:
+        """The same setting with the vision tower left whole."""
         return replace(self, vision_keep=1.0)
 
     def pruning_until_last_layer(self) -> AIMConfig:
@@ -145,12 +169,6 @@ DEFAULT_EFFICIENCY = 0.75
 # Merging inside the vision tower is spread over its blocks up to this fraction of its depth (over block 1 at
 # least); the blocks after run on what is left.
 VISION_MERGE_DEPTH = 0.1
-# Each bipartite round inside the tower folds at most this fraction of a frame's patches. The paper's rounds before
-# the LLM fold all of set A (0.5); inside the tower, down to a quarter of the patches, that forces a small shape's
-# patches into whatever they match best, often another shape. The demo model on 1001 held-out questions (seed
-# 400000), the paper's LLM setting with vision_keep 0.25: 66.7% with rounds of all of set A, 81.8% with rounds of a
-# quarter, 81.2% of a tenth, 83.2% unreduced. A quarter takes fewer rounds than a tenth for the same answers.
-VISION_MERGE_ROUND = 0.25
 
 
 def _interpolate(anchors: tuple[tuple[float, ...], ...], x: float, field: int) -> float:

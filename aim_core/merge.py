@@ -85,17 +85,19 @@ def bipartite_merge_step(
     return summed / new_sizes.to(tokens.dtype).unsqueeze(-1), new_sizes, destination
 
 
-def merge_frames(tokens: torch.Tensor, keep_ratio: float) -> MergeResult:
+def merge_frames(tokens: torch.Tensor, keep_ratio: float, max_round_fraction: float = 0.5) -> MergeResult:
     """Merge each frame's tokens on its own down to `keep_ratio` of them, by repeated bipartite matching.
 
-    Each round removes at most half of the tokens (all of set A), so 25% takes two rounds (196 -> 98 -> 49) and
-    any ratio in (0, 1] is reached exactly. A ratio of 1.0 returns the tokens unchanged.
+    Each round removes at most `max_round_fraction` of the tokens it starts with (`round_size`). At 0.5, the paper's
+    rounds, a round may fold all of set A, so 25% takes two rounds (196 -> 98 -> 49). Any ratio in (0, 1] is reached
+    exactly; a ratio of 1.0 returns the tokens unchanged.
 
     Args:
         tokens: `[frames, n, dim]` visual tokens of each frame, in raster order.
         keep_ratio: fraction of each frame's tokens to keep, in (0, 1].
+        max_round_fraction: the most of its tokens one round removes, in (0, 0.5].
     """
-    return merge_further(MergeResult.start(tokens), merged_count(tokens.shape[1], keep_ratio))
+    return merge_further(MergeResult.start(tokens), merged_count(tokens.shape[1], keep_ratio), max_round_fraction)
 
 
 def round_size(current: int, target: int, max_fraction: float = 0.5) -> int:

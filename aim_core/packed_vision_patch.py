@@ -6,7 +6,7 @@ rows, `cu_seqlens` (where each attention segment starts: a step, or in Qwen2.5-V
 its rows laid out window after window) and each row's rotary `position_embeddings` (cos, sin). Merging stays within
 the smallest of those segments (`PackedLayout.units`: windows nest in steps), so every block's segments stay whole.
 Before each block that the schedule (`aim_core.config.vision_keep_counts`) gives fewer patches than it received, a
-forward pre-hook merges every unit's rows (`aim_core.packed_merge`, in rounds of at most `VISION_MERGE_ROUND` of them);
+forward pre-hook merges every unit's rows (`aim_core.packed_merge`, in rounds of at most `MERGE_ROUND` of them);
 from then on each block is handed the merged rows, its own `cu_seqlens` counted in merged rows, and each row's cos/sin
 of its representative patch. The modules that read the blocks' output (the patch merger, Qwen3-VL's deepstack mergers)
 get every merged row copied back to its patches (ToMe-for-SD's unmerge), as does the tower's `last_hidden_state`, so
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import VISION_MERGE_ROUND, vision_keep_counts
+from .config import MERGE_ROUND, vision_keep_counts
 from .packed_merge import PackedMerge, merge_segments, remap_boundaries, split_count
 from .vision_patch import VisionRecord
 
@@ -109,7 +109,7 @@ class PackedVisionTokenMerger:
             if target < len(hidden) // steps:
                 step_units = self._layout.units[: len(self._layout.units) // steps]
                 self._state = merge_segments(self._state, hidden, split_count(target, step_units) * steps,
-                                             VISION_MERGE_ROUND)
+                                             MERGE_ROUND)
                 hidden, self._rotary = self._state.tokens, None
             self.record.tokens_per_layer.append(len(hidden) // steps)
             # Every block gets the rows' own segments and positions, also before the first merge (then unchanged).

@@ -2,7 +2,7 @@
 
 Before each block that the schedule (`aim_core.config.vision_keep_counts`) gives fewer patch tokens than it received, a
 forward pre-hook merges every frame's tokens by bipartite soft matching (`aim_core.merge`) in rounds of at most
-`VISION_MERGE_ROUND` of them, so that block and the ones after it run on fewer tokens; each merged token then counts as
+`MERGE_ROUND` of them, so that block and the ones after it run on fewer tokens; each merged token then counts as
 many times in attention as the patches it holds (ToMe's proportional attention, an additive mask of log sizes). After
 the block whose output the model reads, a forward hook copies every merged token back to the patches it stands for, so
 the projector, the pooling and the LLM get the grid they expect. No block's code changes, only the rows and the mask it
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import VISION_MERGE_ROUND, vision_keep_counts
+from .config import MERGE_ROUND, vision_keep_counts
 from .merge import MergeResult, merge_further, unmerge
 
 
@@ -88,7 +88,7 @@ class VisionTokenMerger:
             hidden = _hidden(args, kwargs)
             if self.record.tokens_per_layer[index] < hidden.shape[1]:
                 self._state = merge_further(MergeResult(hidden, self._state.sizes, self._state.source),
-                                            self.record.tokens_per_layer[index], VISION_MERGE_ROUND)
+                                            self.record.tokens_per_layer[index], MERGE_ROUND)
                 hidden = self._state.tokens
             # Proportional attention: a key that stands for s patches gets s times the weight.
             sizes = self._state.sizes.to(hidden.dtype)

@@ -85,8 +85,8 @@ def build_app(runner: Runner) -> gr.Blocks:
                 frames = gr.Slider(runner.limits.min_frames, runner.limits.max_frames, value=DEFAULT_FRAMES, step=8,
                                    label="Frames", info="spread evenly over the whole video", elem_id="frames")
                 efficiency = gr.Slider(0, 1, value=DEFAULT_EFFICIENCY, step=0.05, label="Efficiency",
-                                       info="0 = the stock model · 0.75 = the paper's LLM setting, plus merging inside "
-                                            "the vision tower · 1 = most aggressive",
+                                       info="0 = the stock model · 0.75 = the paper's LLM-side reduction, plus merging "
+                                            "inside the vision tower · 1 = most aggressive",
                                        elem_id="efficiency")
                 to_last_layer = gr.Checkbox(label="Prune until the last layer", elem_id="to-last-layer",
                                             info="Keep some visual tokens down to the LLM's last layer instead of "
@@ -96,7 +96,7 @@ def build_app(runner: Runner) -> gr.Blocks:
                                            elem_id="vision-merge",
                                            info="From efficiency 0.25, the vision tower's blocks also run on merged "
                                                 "patches: most of the wait for models up to a few billion "
-                                                "parameters. Off: the paper's method alone, the stock tower. On by "
+                                                "parameters. Off: the stock tower. On by "
                                                 "default where the tower is most of the cost (not for the demo "
                                                 "model).")
                 prediction = gr.HTML(elem_id="prediction")

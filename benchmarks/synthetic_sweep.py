@@ -194,7 +194,7 @@ def long_video_point(qa: VideoQA, args: argparse.Namespace, size: int) -> str:
         f"**{100 * aim.accuracy:.1f}%** at {aim.flops / 1e9:.2f} GFLOPs of prefill."
     )
     # What a first question pays for: the vision tower too, which 4x the frames makes 4x longer unless the knob
-    # merges inside it as well (`vision_keep`).
+    # merges inside it as well (`vision_keep`); the knob also merges before the LLM in its smaller rounds.
     whole_budget = unreduced.total_flops
     try:
         whole = qa.plan_for_budget(whole_budget, (size, size), frame_choices=(many,))
@@ -204,7 +204,8 @@ def long_video_point(qa: VideoQA, args: argparse.Namespace, size: int) -> str:
     return line + (
         f" Counting the vision tower too (a first question's FLOPs): no reduction on {args.frames} frames "
         f"{whole_budget / 1e9:.2f} GFLOPs; AIM on {many} frames at efficiency {whole.efficiency:.2f} "
-        f"(`vision_keep={whole.config.vision_keep}`) **{100 * end_to_end.accuracy:.1f}%** at "
+        f"(`vision_keep={whole.config.vision_keep}`, `merge_round={whole.config.merge_round}`) "
+        f"**{100 * end_to_end.accuracy:.1f}%** at "
         f"{whole.estimate.total_flops / 1e9:.2f} GFLOPs."
     )
 

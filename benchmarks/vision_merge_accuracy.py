@@ -4,7 +4,9 @@ reduction: one run, the same held-out questions for every setting.
     python -m benchmarks.vision_merge_accuracy --n 500 --seed 0
 
 Settings: no reduction; the paper's LLM setting (`AIMConfig()`, the stock tower); the same with the tower's patches
-merged to `vision_keep` (the efficiency knob puts 0.25 at its default, 0.75).
+merged to `vision_keep` (the efficiency knob puts 0.25 at its default, 0.75); the knob's default itself, which also
+merges before the LLM in smaller rounds than the paper's (`merge_round`), with the tower merged and whole (the demo
+model's default in the app).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from dataclasses import replace
 
 from aim_core import AIMConfig, VideoQA
+from aim_core.config import DEFAULT_EFFICIENCY
 from benchmarks.latency import RESULTS, save_table
 from benchmarks.synthetic_qa import DEFAULT_MODEL, evaluate, held_out_videos
 
@@ -34,6 +37,9 @@ def main() -> None:
     settings = [("no reduction", AIMConfig.none()), ("`AIMConfig()` (the paper: stock tower)", AIMConfig())]
     settings += [(f"`AIMConfig(vision_keep={keep})`", replace(AIMConfig(), vision_keep=float(keep)))
                  for keep in args.keeps.split(",")]
+    knob = AIMConfig.from_efficiency(DEFAULT_EFFICIENCY)
+    settings += [(f"`AIMConfig.from_efficiency({DEFAULT_EFFICIENCY})` (the app's default)", knob),
+                 ("the same with the stock tower (`.with_stock_tower()`)", knob.with_stock_tower())]
     frames = videos[0].frames
     rows = []
     for name, config in settings:

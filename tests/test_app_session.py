@@ -23,6 +23,7 @@ from aim_core import (
     VideoQA,
     probe_video,
 )
+from aim_core.config import MERGE_ROUND
 from app import models, samples
 from app.callbacks import Callbacks, published_key, published_sample
 from app.history import History, RunKey, RunPoint, same_answer
@@ -130,6 +131,10 @@ def test_inputs_from_any_client_are_refused_with_a_message_naming_the_setting(ch
 def test_good_inputs_pass_as_their_values():
     assert check_frames(16, Limits()) == check_frames(16.0, Limits()) == 16
     assert config_for(0, True) == AIMConfig.none().pruning_until_last_layer()
+    # "Merge inside the vision tower" off: the tower runs whole, the LLM side is the knob's.
+    unmerged_tower = config_for(0.75, vision_merge=False)
+    assert unmerged_tower.vision_keep == 1.0 and unmerged_tower.merge_round == MERGE_ROUND
+    assert unmerged_tower == AIMConfig.from_efficiency(0.75).with_stock_tower()
     assert check_question(" Why? ") == "Why?" and check_question("x" * 2000) == "x" * 2000
     assert video_path({"path": "/uploads/clip.mp4", "url": None}) == video_path("/uploads/clip.mp4") == \
         "/uploads/clip.mp4"

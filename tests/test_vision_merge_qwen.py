@@ -10,7 +10,7 @@ import torch
 from conftest import background_with_objects
 
 from aim_core import AIMConfig, VideoQA
-from aim_core.config import VISION_MERGE_ROUND, vision_keep_counts
+from aim_core.config import MERGE_ROUND, vision_keep_counts
 from aim_core.merge import merge_frames
 from aim_core.packed_merge import PackedMerge, merge_segments, remap_boundaries, split_count
 from aim_core.random_models import QwenVLShape, build_qwen_vl
@@ -104,7 +104,7 @@ def test_small_rounds_keep_a_lone_object_apart_in_its_segment():
     rows = background_with_objects(frames=1, n=64, objects=(10, 36))[0]
     state = PackedMerge.start(rows, [32, 32])  # one object in each segment
     forced = merge_segments(state, rows, [8, 8])
-    patient = merge_segments(state, rows, [8, 8], max_round_fraction=VISION_MERGE_ROUND)
+    patient = merge_segments(state, rows, [8, 8], max_round_fraction=MERGE_ROUND)
     assert patient.lengths.tolist() == [8, 8]
     for index in (10, 36):
         assert forced.sizes[forced.source[index]] > 1 and patient.sizes[patient.source[index]] == 1

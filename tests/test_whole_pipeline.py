@@ -10,7 +10,7 @@ from conftest import background_with_objects
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
 from aim_core import AIMConfig, VideoQA
-from aim_core.config import VISION_MERGE_ROUND, vision_keep_counts
+from aim_core.config import MERGE_ROUND, vision_keep_counts
 from aim_core.cost import VisionWork, estimate_cost, plan_for_budget
 from aim_core.flops import DecoderShape, VisionShape, vision_flops
 from aim_core.merge import MergeResult, cluster_means, merge_frames, merge_further, unmerge
@@ -76,7 +76,7 @@ def test_small_rounds_keep_a_lone_object_apart_where_rounds_of_all_of_set_a_fold
     tokens, objects = background_with_objects(), [10, 36]
     start = MergeResult.start(tokens)
     forced = merge_further(start, 16)  # the paper's rounds: 64 -> 32 folds every even-index token
-    patient = merge_further(start, 16, max_round_fraction=VISION_MERGE_ROUND)
+    patient = merge_further(start, 16, max_round_fraction=MERGE_ROUND)
     assert forced.tokens.shape == patient.tokens.shape == (2, 16, 16)
     for index in objects:
         assert (forced.sizes.gather(1, forced.source[:, index : index + 1]) > 1).all()
@@ -97,8 +97,8 @@ def test_the_tower_hooks_merge_in_small_rounds(four_block_qa, random_frames):
             four_block_qa.adapter.encode_video(random_frames[:4])
     finally:
         spy.remove()
-    assert VISION_MERGE_ROUND < 0.5
-    assert torch.equal(merger.record.source, merge_further(MergeResult.start(seen[0]), 16, VISION_MERGE_ROUND).source)
+    assert MERGE_ROUND < 0.5
+    assert torch.equal(merger.record.source, merge_further(MergeResult.start(seen[0]), 16, MERGE_ROUND).source)
 
 
 def attention_rows(qa: VideoQA, frames: np.ndarray, keep: float) -> tuple[list[int], torch.Tensor]:
