@@ -6,10 +6,12 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 
 from aim_core import AIMConfig, VideoQA, sample_frames
+from aim_core.config import MERGE_ROUND
 from aim_core.video import write_video
 
 
@@ -32,12 +34,12 @@ def test_json_answer_matches_the_python_api(tiny_llava_dir, video_path):
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     expected = VideoQA.from_pretrained(tiny_llava_dir).answer(sample_frames(video_path, 4), "What happens?",
-                                                         config=AIMConfig(), max_new_tokens=5)
+                                                         config=AIMConfig.from_efficiency(0.75), max_new_tokens=5)
     assert printed["answer"] == expected.text
     assert printed["stats"]["tokens_per_layer"] == expected.stats.tokens_per_layer
     assert printed["stats"]["visual_tokens_after_merge"] == 4 * 4 + 1
     assert printed["stats"]["flops_reduction"] == pytest.approx(expected.stats.flops_reduction)
-    assert printed["config"]["merge_keep"] == 0.25
+    assert printed["config"]["merge_keep"] == 0.25 and printed["config"]["merge_round"] == MERGE_ROUND
 
 
 def test_pruning_to_the_last_layer_keeps_visual_tokens_longer(tiny_llava_dir, video_path):
@@ -53,6 +55,13 @@ def test_pruning_to_the_last_layer_keeps_visual_tokens_longer(tiny_llava_dir, vi
     assert (paper_end, last_end) == (AIMConfig().prune_end, 1.0)
     assert all(longer >= shorter for longer, shorter in zip(to_last, paper)) and to_last != paper
     assert to_last[-1] == paper[-1]  # no visual token in the last layer either way: only text is left
+
+
+def test_paper_flag_runs_the_papers_method_alone(tiny_llava_dir, video_path):
+    result = run_cli(str(video_path), "What happens?", "--model", str(tiny_llava_dir), "--frames", "4",
+                     "--efficiency", "0.75", "--paper", "--max-new-tokens", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["config"] == asdict(AIMConfig())
 
 
 def test_plain_output_streams_the_answer_and_summarises(tiny_llava_dir, video_path):
