@@ -80,6 +80,11 @@ class AIMConfig:
     merge_round: float = PAPER_MERGE_ROUND
 
     def __post_init__(self) -> None:
+        for name in ("merge_keep", "prune_start", "prune_end", "vision_keep", "merge_round"):
+            value = getattr(self, name)
+            # Before the ranges, whose comparisons raise TypeError on a string; a bool is an int to Python.
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise SettingsError(f"{name} must be a number, got {value!r}")
         if not 0.0 < self.merge_keep <= 1.0:
             raise SettingsError(f"merge_keep must be in (0, 1], got {self.merge_keep}")
         if not 0.0 < self.prune_start <= 1.0:

@@ -104,7 +104,8 @@ def test_efficiency_out_of_range(bad):
 @pytest.mark.parametrize("fields", [{"merge_keep": 0}, {"merge_keep": 1.2}, {"prune_start": 0},
                                     {"prune_start": 0.6, "prune_end": 0.5}, {"importance": "random"},
                                     {"vision_keep": 0}, {"vision_keep": 1.5}, {"merge_round": 0},
-                                    {"merge_round": 0.6}])
+                                    {"merge_round": 0.6}, {"merge_keep": "0.25"}, {"prune_start": None},
+                                    {"vision_keep": True}, {"merge_round": math.nan}])
 def test_bad_config_fields(fields):
     with pytest.raises(SettingsError):
         AIMConfig(**fields)
