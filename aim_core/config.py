@@ -10,12 +10,10 @@ from typing import Literal, Protocol
 import torch
 
 from .errors import SettingsError
-from .merge import MergeResult, merge_frames, merged_count
+from .merge import PAPER_MERGE_ROUND, MergeResult, merge_frames, merged_count
 
 Importance = Literal["text", "pagerank", "last"]
 
-# The paper's bipartite rounds before the LLM fold up to all of set A: half of a frame's tokens.
-PAPER_MERGE_ROUND = 0.5
 # Each bipartite round inside the tower, and before the LLM at the efficiency knob's settings, folds at most this
 # fraction of a frame's tokens. Rounds of all of set A force a small shape's tokens into whatever they match best,
 # often another shape. The demo model on 1001 held-out questions (seed 400000), the paper's LLM setting with
