@@ -2,7 +2,8 @@
 
 Frames are sampled as the app samples them (`aim_core.video.frame_indices`), preprocessed by the model's own
 processor from the chat-template prompt, and answered by plain greedy `model.generate`. Wrong answers to "which way"
-and "right after" are named by what they read instead (`mistake`), since that says why a kind is hard.
+and "right after" are named by what they read instead (`mistake`), and "which way" is scored apart by how many other
+shapes are seen moving (`other_movers`), since that says why a kind is hard.
 
     python -m synthetic.evaluate --model assets/demo-model --n 700 --frames 32
 """
@@ -29,6 +30,29 @@ class Report:
     counts: dict[str, int]  # questions asked per kind
     num_frames: int
     mistakes: dict[str, Counter[str]]  # per kind that `mistake` names, what its wrong answers named
+    # "which way" by `mover_group` of its question: (accuracy, questions)
+    direction_by_movers: dict[str, tuple[float, int]]
+
+
+MOVER_GROUPS = ("0", "1", "2", "3", "4+")
+
+
+def other_movers(scene: Scene, frames: np.ndarray, question: Question) -> int:
+    """How many shapes besides the one a "which way" question asks about show which way they move in the sampled
+    frame indices `frames`, by the rule that lets the question be asked (`Sprite.moved` between the first and last
+    frames showing it). With none, any moving shape's direction is the answer; with more, the asked one must be found.
+    """
+    name = question.text.removeprefix("Which way does the ").removesuffix(" move?")
+    count = 0
+    for sprite in scene.sprites:
+        shown = frames[sprite.shown_at(frames)]
+        if sprite.name != name and len(shown) >= 2 and sprite.moved(shown[0], shown[-1]):
+            count += 1
+    return count
+
+
+def mover_group(count: int) -> str:
+    return MOVER_GROUPS[min(count, len(MOVER_GROUPS) - 1)]
 
 
 def chat_prompt(processor: ProcessorMixin, question: str) -> str:
@@ -112,18 +136,22 @@ def evaluate(
     size = size or processor.video_processor.size["height"]
     hits: dict[str, list[bool]] = {kind: [] for kind in KINDS}
     mistakes: dict[str, Counter[str]] = {kind: Counter() for kind in KINDS}
+    by_movers: dict[str, list[bool]] = {group: [] for group in MOVER_GROUPS}
     for scene, asked in held_out_questions(n, seed, num_frames, split=split):
         picked = frame_indices(scene.num_frames, num_frames)
         frames = render(scene, size, picked)
         for question in asked:
             answer = normalise(ask(model, processor, frames, question.text))
             hits[question.kind].append(answer == question.answer)
+            if question.kind == "direction":
+                by_movers[mover_group(other_movers(scene, picked, question))].append(answer == question.answer)
             if answer != question.answer and (named := mistake(scene, picked, question, answer)) is not None:
                 mistakes[question.kind][named] += 1
     per_kind = {kind: float(np.mean(h)) for kind, h in hits.items()}
     every = [ok for h in hits.values() for ok in h]
     counts = {kind: len(h) for kind, h in hits.items()}
-    return Report(float(np.mean(every)), per_kind, counts, num_frames, mistakes)
+    direction_by_movers = {group: (float(np.mean(h)), len(h)) for group, h in by_movers.items() if h}
+    return Report(float(np.mean(every)), per_kind, counts, num_frames, mistakes, direction_by_movers)
 
 
 def format_report(report: Report, title: str) -> str:
@@ -134,7 +162,12 @@ def format_report(report: Report, title: str) -> str:
         if counter
     )
     line = f"{title}: accuracy {report.accuracy:.3f} on {sum(report.counts.values())} questions | {kinds}"
-    return f"{line} | wrong answers named {named}" if named else line
+    if named:
+        line += f" | wrong answers named {named}"
+    if report.direction_by_movers:
+        groups = ", ".join(f"{group} {acc:.3f} ({n})" for group, (acc, n) in report.direction_by_movers.items())
+        line += f" | which way, by how many other shapes are seen moving: {groups}"
+    return line
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from aim_core.video import frame_indices, sample_frames
-from synthetic.evaluate import ask, mistake, normalise
+from synthetic.evaluate import MOVER_GROUPS, ask, evaluate, format_report, mistake, normalise, other_movers
 from synthetic.scenes import (
     COLOURS,
     DIRECTIONS,
@@ -319,6 +319,32 @@ def test_a_wrong_answer_is_named_by_what_it_read_in_the_frames():
                     assert mistake(scene, frames, question, shown[at + 2].shape) == "2 after"
                     checked["2 after"] += 1
     assert min(checked.values()) > 3, checked
+
+
+def test_other_movers_are_the_other_shapes_a_which_way_question_could_be_asked_about():
+    counts = Counter()
+    for seed in split_seeds("val", 40):
+        scene = make_scene(seed)
+        for num_frames in (4, 8, 32):
+            frames = frame_indices(scene.num_frames, num_frames)
+            asked = [q for q in questions_seen(scene, frames) if q.kind == "direction"]
+            for question in asked:
+                counts[other_movers(scene, frames, question)] += 1
+                assert other_movers(scene, frames, question) == len(asked) - 1
+    assert counts[0] > 3 and counts[1] > 3 and sum(v for k, v in counts.items() if k >= 2) > 3, counts
+
+
+def test_evaluation_scores_which_way_apart_by_other_shapes_seen_moving():
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(MODEL_DIR, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(MODEL_DIR)
+    report = evaluate(model, processor, n=28, seed=0, num_frames=8)
+    groups = report.direction_by_movers
+    assert set(groups) <= set(MOVER_GROUPS) and sum(n for _, n in groups.values()) == report.counts["direction"]
+    pooled = sum(acc * n for acc, n in groups.values()) / report.counts["direction"]
+    assert pooled == pytest.approx(report.per_kind["direction"])
+    assert "which way, by how many other shapes are seen moving: " in format_report(report, "test")
 
 
 def test_shipped_model_loads_offline_and_answers_sample_questions(monkeypatch):
