@@ -42,13 +42,17 @@ def other_movers(scene: Scene, frames: np.ndarray, question: Question) -> int:
     frame indices `frames`, by the rule that lets the question be asked (`Sprite.moved` between the first and last
     frames showing it). With none, any moving shape's direction is the answer; with more, the asked one must be found.
     """
-    name = question.text.removeprefix("Which way does the ").removesuffix(" move?")
     count = 0
     for sprite in scene.sprites:
         shown = frames[sprite.shown_at(frames)]
-        if sprite.name != name and len(shown) >= 2 and sprite.moved(shown[0], shown[-1]):
+        if sprite.name != asked_name(question) and len(shown) >= 2 and sprite.moved(shown[0], shown[-1]):
             count += 1
     return count
+
+
+def asked_name(question: Question) -> str:
+    """The shape a "which way" or "right after" question asks about: "... the red ring move?" -> "red ring"."""
+    return question.text.rsplit("the ", 1)[-1].removesuffix("?").removesuffix(" move")
 
 
 def mover_group(count: int) -> str:
@@ -78,8 +82,7 @@ def mistake(scene: Scene, frames: np.ndarray, question: Question, answer: str) -
     shape seen moves that way (the answer read the wrong shape); for "right after", where the nearest seen shape with
     that colour (shape) comes in the order of first sightings, counted from the asked shape; None for other kinds."""
     shown = sorted((s for s in scene.sprites if len(s.shown_at(frames))), key=lambda s: s.shown_at(frames)[0])
-    name = question.text.rsplit("the ", 1)[-1].removesuffix("?").removesuffix(" move")  # "... the red ring[ move]?"
-    asked = next((s for s in shown if s.name == name), None)
+    asked = next((s for s in shown if s.name == asked_name(question)), None)
     if question.kind == "direction" and asked is not None:
         others = {s.direction for s in shown if s is not asked}
         return "another seen shape's direction" if answer in others else "no seen shape's direction"
