@@ -39,15 +39,10 @@ MOVER_GROUPS = ("0", "1", "2", "3", "4+")
 
 def other_movers(scene: Scene, frames: np.ndarray, question: Question) -> int:
     """How many shapes besides the one a "which way" question asks about show which way they move in the sampled
-    frame indices `frames`, by the rule that lets the question be asked (`Sprite.moved` between the first and last
-    frames showing it). With none, any moving shape's direction is the answer; with more, the asked one must be found.
-    """
-    count = 0
-    for sprite in scene.sprites:
-        shown = frames[sprite.shown_at(frames)]
-        if sprite.name != asked_name(question) and len(shown) >= 2 and sprite.moved(shown[0], shown[-1]):
-            count += 1
-    return count
+    frame indices `frames`, by the rule that lets the question be asked (`Sprite.seen_moving`). With none, any moving
+    shape's direction is the answer; with more, the asked one must be found."""
+    name = asked_name(question)
+    return sum(sprite.name != name and sprite.seen_moving(frames) for sprite in scene.sprites)
 
 
 def asked_name(question: Question) -> str:
@@ -82,7 +77,8 @@ def mistake(scene: Scene, frames: np.ndarray, question: Question, answer: str) -
     shape seen moves that way (the answer read the wrong shape); for "right after", where the nearest seen shape with
     that colour (shape) comes in the order of first sightings, counted from the asked shape; None for other kinds."""
     shown = sorted((s for s in scene.sprites if len(s.shown_at(frames))), key=lambda s: s.shown_at(frames)[0])
-    asked = next((s for s in shown if s.name == asked_name(question)), None)
+    name = asked_name(question)
+    asked = next((s for s in shown if s.name == name), None)
     if question.kind == "direction" and asked is not None:
         others = {s.direction for s in shown if s is not asked}
         return "another seen shape's direction" if answer in others else "no seen shape's direction"

@@ -92,6 +92,12 @@ class Sprite:
         (xa, xb), (ya, yb) = self.centre(np.array([a, b]))
         return max(abs(xb - xa), abs(yb - ya)) >= MIN_SHIFT
 
+    def seen_moving(self, frames: np.ndarray) -> bool:
+        """Whether the frame numbers `frames` show which way the sprite moves: two or more show it, and it `moved`
+        between the first and the last of them."""
+        shown = frames[self.shown_at(frames)]
+        return len(shown) >= 2 and self.moved(shown[0], shown[-1])
+
     @property
     def direction(self) -> str:
         dx, dy = self.x1 - self.x0, self.y1 - self.y0
@@ -399,8 +405,8 @@ def _answerable(scene: Scene, frames: np.ndarray) -> dict[str, tuple[str, str]]:
         if all(first[i] is not None for i in having):
             ask("count", f"How many {colour} objects appear?", NUMBERS[len(having)])
 
-    for sprite, f in zip(sprites, shown):
-        if len(f) >= 2 and sprite.moved(f[0], f[-1]):
+    for sprite in sprites:
+        if sprite.seen_moving(frames):
             ask("direction", f"Which way does the {sprite.name} move?", sprite.direction)
 
     names = {s.name for s in sprites}
