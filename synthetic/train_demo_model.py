@@ -25,7 +25,8 @@ In the language and joint stages, linear probes (`Probes`, dropped after trainin
 token, facts about the shape under it that the harder questions build on: when the shape was first seen, where it
 started, which way it has moved, and which shape appeared just before it. The direction is read through the
 direction words' own input embeddings, so a moved shape's tokens come to hold the answer's word as they hold their
-colour's (`PROBES`). The late stages ask "which way" and "right after" three times a video each (`Stage.focus`).
+colour's (`PROBES`). One more probe reads a "which way" question's answer from the asked shape's name in the
+question (`NAME_PROBE`). The late stages ask "which way" and "right after" three times a video each (`Stage.focus`).
 
 All the questions about one video share the prompt up to and including the video tokens, so the language model
 runs each video's prefix once, then all its questions' remaining tokens in one row on top of its KV cache, each
@@ -52,7 +53,7 @@ from transformers import DynamicCache, LlavaOnevisionForConditionalGeneration, L
 
 from aim_core.random_models import LlavaOnevisionShape, build_llava_onevision, build_tokenizer
 from aim_core.video import frame_indices
-from synthetic.evaluate import chat_prompt, evaluate, format_report
+from synthetic.evaluate import asked_name, chat_prompt, evaluate, format_report
 from synthetic.scenes import (
     COLOURS,
     DIRECTIONS,
@@ -231,6 +232,26 @@ PROBES: dict[str, Probe] = {
 }
 WORD_PROBE_SCALE = 10.0  # logits of a word probe: this times the cosine of the hidden state and each word's embedding
 
+# The name probe reads a question's answer from the asked shape's name in the question (its last word: " ring" of
+# "Which way does the red ring move?"), so that the name itself looks the shape up among the video tokens, as the
+# name of a "does a red ring appear" question must, and the answer copies it from there. Without it the answer
+# position looks up "a token that holds a direction", any shape's: fresh language models on target features (4- and
+# 8-frame videos, "which way" asked three times a video, 600 steps, lr 1e-3) answered "which way" on 8-frame validation
+# videos at 0.55 (0.61 with one other shape seen moving, 0.40 with three), 0.72 with this probe at layer 4, weight 0.1
+# (0.77 and 0.62), and at 32 frames 0.39 against 0.56; at weight 0.3, 0.69 and 0.50, the other kinds slower; at 1,
+# slower still. Asked of "right after" too (weight 0.3), it took "which way" at 8 frames from 0.60 to 0.38.
+NAME_PROBE_WORDS = (*COLOURS, *SHAPES, *DIRECTIONS)
+
+
+@dataclass(frozen=True)
+class NameProbe:
+    kinds: tuple[str, ...]  # question kinds it reads the answer of
+    layer: int
+    weight: float
+
+
+NAME_PROBE = NameProbe(kinds=("direction",), layer=4, weight=0.1)
+
 
 def moment_labels(scene: Scene, frames: np.ndarray) -> dict[str, torch.Tensor]:
     """{label: [len(frames) * 16] class per pooled token, -100 where it does not apply} for the shape that covers
@@ -268,7 +289,7 @@ def moment_labels(scene: Scene, frames: np.ndarray) -> dict[str, torch.Tensor]:
 
 class Probes(torch.nn.Module):
     """The `PROBES` on the video tokens: a linear head each, or for word probes the words' unit input embeddings
-    (`word_vectors`, fixed)."""
+    (`word_vectors`, fixed); and the `NAME_PROBE` on the questions, a linear head over `NAME_PROBE_WORDS`."""
 
     def __init__(self, hidden: int, word_vectors: dict[str, torch.Tensor]):
         super().__init__()
@@ -279,6 +300,7 @@ class Probes(torch.nn.Module):
                 self.register_buffer(f"{name}_words", words, persistent=False)
             else:
                 self.heads[name] = torch.nn.Linear(hidden, probe.classes)
+        self.name = torch.nn.Linear(hidden, len(NAME_PROBE_WORDS))
 
     def logits(self, name: str, states: torch.Tensor) -> torch.Tensor:
         if PROBES[name].words:
@@ -286,12 +308,17 @@ class Probes(torch.nn.Module):
         return self.heads[name](states)
 
     def forward(
-        self, states: tuple[torch.Tensor, ...], batch: Batch, video_token: int
+        self,
+        states: tuple[torch.Tensor, ...],
+        question_states: tuple[torch.Tensor, ...],
+        batch: Batch,
+        video_token: int,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The probes' weighted cross-entropy on `batch.probe_labels`, and each probe's accuracy on the tokens it
-        applies to.
+        """The probes' weighted cross-entropy on `batch.probe_labels` and `batch.name_labels`, and each probe's
+        accuracy on the tokens it applies to ("name" for the name probe).
 
         states: the prefix's hidden states, embeddings first, each [V, prefix length, hidden].
+        question_states: the suffixes' hidden states, embeddings first, each [Q, S, hidden].
         """
         video = (batch.prefix[0] == video_token).nonzero()[:-1, 0]  # every video token but the newline
         loss, accuracy = states[0].new_zeros(()), {}
@@ -303,6 +330,12 @@ class Probes(torch.nn.Module):
             logits = self.logits(name, states[probe.layer][:, video])
             loss = loss + probe.weight * F.cross_entropy(logits[valid], target[valid])
             accuracy[name] = float((logits.argmax(-1) == target)[valid].float().mean())
+        named = (batch.name_labels >= 0).nonzero()[:, 0]
+        if len(named):
+            target = batch.name_labels[named]
+            logits = self.name(question_states[NAME_PROBE.layer][named, batch.name_positions[named]])
+            loss = loss + NAME_PROBE.weight * F.cross_entropy(logits, target)
+            accuracy["name"] = float((logits.argmax(-1) == target).float().mean())
         return loss, accuracy
 
 
@@ -320,6 +353,8 @@ class Batch:
     video_of: torch.Tensor  # [Q] which video each question is about
     questions: list[Question]
     probe_labels: dict[str, torch.Tensor]  # {`PROBES` label: [V, T * 16]} from `moment_labels`
+    name_positions: torch.Tensor  # [Q] where in its suffix row each question names its shape; 0 if not probed
+    name_labels: torch.Tensor  # [Q] the answer's index in NAME_PROBE_WORDS for `NAME_PROBE.kinds`, else -100
 
 
 def make_batch(
@@ -332,7 +367,7 @@ def make_batch(
     pixels = processor.video_processor(videos=videos, return_tensors="pt")["pixel_values_videos"]
     ids = inputs["input_ids"][0]
     cut = int((ids == processor.video_token_id).nonzero().max()) + 1
-    rows, video_of, flat = [], [], []
+    rows, video_of, flat, name_positions, name_labels = [], [], [], [], []
     for v, questions_about in enumerate(asked):
         for question in questions_about:
             tail = chat_prompt(processor, question.text).split(processor.video_token, 1)[1]
@@ -341,6 +376,13 @@ def make_batch(
             rows.append((prompt, answer))
             video_of.append(v)
             flat.append(question)
+            probed = question.kind in NAME_PROBE.kinds
+            if probed:  # the asked name's last word, a shape (" ring"), is one token (`build`)
+                name_end = tokenizer.convert_tokens_to_ids("Ġ" + asked_name(question).split()[-1])
+                name_positions.append(len(prompt) - 1 - prompt[::-1].index(name_end))
+            else:
+                name_positions.append(0)
+            name_labels.append(NAME_PROBE_WORDS.index(question.answer) if probed else -100)
     if rows[0][0] != ids[cut:].tolist():
         raise AssertionError("the question tokens differ from the processor's: the prefix split is wrong")
     width = max(len(p) + len(a) for p, a in rows)
@@ -354,7 +396,18 @@ def make_batch(
     moments = [moment_labels(scene, picked) for scene, picked in zip(scenes, frames)]
     probe_labels = {name: torch.stack([m[name] for m in moments]) for name in PROBES}
     return Batch(
-        scenes, frames, pixels, ids[None, :cut], suffix, labels, lengths, torch.tensor(video_of), flat, probe_labels
+        scenes,
+        frames,
+        pixels,
+        ids[None, :cut],
+        suffix,
+        labels,
+        lengths,
+        torch.tensor(video_of),
+        flat,
+        probe_labels,
+        torch.tensor(name_positions),
+        torch.tensor(name_labels),
     )
 
 
@@ -377,7 +430,8 @@ def answer_logits(
 def answer_forward(
     model: LlavaOnevisionForConditionalGeneration, batch: Batch, features: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """[Q, S, vocab] logits of the suffix tokens, and the prefix's hidden states ([V, P, hidden] after each layer).
+    """[Q, S, vocab] logits of the suffix tokens, the prefix's hidden states ([V, P, hidden] after each layer) and the
+    suffix tokens' ([Q, S, hidden] after each layer).
     `features` ([V, T * 16 + 1, hidden]) replace the model's own video features when given.
 
     Each video's prefix runs once. Its questions then run one after another in one row, each attending to the whole
@@ -416,16 +470,22 @@ def answer_forward(
     # Additive, not boolean: eager attention adds a 4-D mask to the scores as it is (diagnostics that read attention
     # weights run eager), so a boolean one would mask nothing there.
     blocked = torch.finfo(features.dtype).min
-    hidden = core.language_model(
+    suffix = core.language_model(
         input_ids=rows,
         attention_mask=torch.where(sees, 0.0, blocked).to(features.dtype)[:, None],
         position_ids=prefix_length + positions,
         cache=cache,
         use_cache=True,
-    ).last_hidden_state
-    out = hidden.new_zeros(*batch.suffix.shape, hidden.shape[-1])  # padding's logits are 0 and its labels -100
-    out[question, position] = hidden[video, column]
-    return model.lm_head(out), states
+        output_hidden_states=True,
+    )
+
+    def by_question(hidden: torch.Tensor) -> torch.Tensor:
+        out = hidden.new_zeros(*batch.suffix.shape, hidden.shape[-1])  # padding's logits are 0 and its labels -100
+        out[question, position] = hidden[video, column]
+        return out
+
+    question_states = tuple(by_question(hidden) for hidden in suffix.hidden_states)
+    return model.lm_head(by_question(suffix.last_hidden_state)), states, question_states
 
 
 def training_batch(processor: LlavaOnevisionProcessor, stage: Stage, seed: int, step: int) -> Batch:
@@ -578,14 +638,14 @@ def run_stage(
             batch = training_batch(processor, stage, seed, step)
             wanted = torch.stack([targets.with_newline(s, f) for s, f in zip(batch.scenes, batch.frames)])
             features = wanted if stage.name == "language" else video_features(model, batch.pixel_values)
-            logits, states = answer_forward(model, batch, features)
+            logits, states, question_states = answer_forward(model, batch, features)
             right = ((logits.argmax(-1) == batch.labels) | (batch.labels == -100)).all(-1)
             for question, ok in zip(batch.questions, right.tolist()):
                 hits[question.kind].append(ok)
             loss = F.cross_entropy(logits.flatten(0, 1), batch.labels.flatten(), ignore_index=-100)
             if stage.name == "joint":
                 loss = loss + F.mse_loss(features[:, :-1], wanted[:, :-1]) * wanted.shape[-1]
-            probe_loss, probe_accuracy = probes(states, batch, model.config.video_token_index)
+            probe_loss, probe_accuracy = probes(states, question_states, batch, model.config.video_token_index)
             loss = loss + probe_loss
             probed.append(probe_accuracy)
         optimizer.zero_grad(set_to_none=True)
@@ -600,7 +660,9 @@ def run_stage(
                 line += " | train " + " ".join(f"{k} {np.mean(h[-100:]):.2f}" for k, h in hits.items() if h)
                 names = {n for p in probed[-100:] for n in p}
                 line += " | probes " + " ".join(
-                    f"{n} {np.mean([p[n] for p in probed[-100:] if n in p]):.2f}" for n in PROBES if n in names
+                    f"{n} {np.mean([p[n] for p in probed[-100:] if n in p]):.2f}"
+                    for n in (*PROBES, "name")
+                    if n in names
                 )
             if stage.name != "vision" and (done % 500 == 0 or done == stage.steps):
                 scores = validate(model, val, targets if stage.name == "language" else None)

@@ -414,8 +414,8 @@ def test_probes_train_on_the_language_models_video_tokens():
     model, processor = build(seed=0)
     probes = Probes(SHAPE.text_hidden, word_vectors(model, processor))
     batch = training_batch(processor, STAGES[2], seed=0, step=1)
-    _, states = answer_forward(model, batch)
-    loss, accuracy = probes(states, batch, model.config.video_token_index)
+    _, states, question_states = answer_forward(model, batch)
+    loss, accuracy = probes(states, question_states, batch, model.config.video_token_index)
     loss.backward()
     assert torch.isfinite(loss) and loss > 0
     assert {"first_seen", "start_x"} <= set(accuracy) and all(0 <= a <= 1 for a in accuracy.values())
@@ -440,8 +440,47 @@ def test_the_direction_probe_reads_the_direction_words_own_input_embeddings():
         held = states[:, video]
         held[label >= 0] = torch.stack([words[w] for w in read]) * 3
         states[:, video] = held
-        _, accuracy = probes((states,) * layers, batch, model.config.video_token_index)
+        question_states = torch.zeros(*batch.suffix.shape, SHAPE.text_hidden)
+        _, accuracy = probes((states,) * layers, (question_states,) * layers, batch, model.config.video_token_index)
         assert accuracy["direction"] == expected
+
+
+def test_the_name_probe_reads_the_answer_from_the_asked_shapes_name_in_the_question():
+    from synthetic.evaluate import asked_name
+    from synthetic.train_demo_model import (
+        NAME_PROBE,
+        NAME_PROBE_WORDS,
+        SHAPE,
+        STAGES,
+        Probes,
+        answer_forward,
+        build,
+        training_batch,
+        word_vectors,
+    )
+
+    model, processor = build(seed=0)
+    probes = Probes(SHAPE.text_hidden, word_vectors(model, processor))
+    batch = training_batch(processor, STAGES[4], seed=0, step=0)
+    probed = [k for k, q in enumerate(batch.questions) if q.kind in NAME_PROBE.kinds]
+    assert len(probed) > 5 and len(probed) < len(batch.questions)
+    for k, question in enumerate(batch.questions):
+        if k in probed:
+            name_end = processor.tokenizer.convert_ids_to_tokens(int(batch.suffix[k, batch.name_positions[k]]))
+            assert name_end == "Ġ" + asked_name(question).split()[-1]
+            assert NAME_PROBE_WORDS[batch.name_labels[k]] == question.answer
+        else:
+            assert batch.name_labels[k] == -100
+
+    # The probe's loss reads the probed questions' name tokens at its layer, and nothing else of the questions.
+    _, states, question_states = answer_forward(model, batch)
+    read = question_states[NAME_PROBE.layer]
+    read.retain_grad()
+    loss, accuracy = probes(states, question_states, batch, model.config.video_token_index)
+    loss.backward()
+    touched = read.grad.abs().sum(-1).nonzero().tolist()
+    assert sorted(touched) == sorted([k, int(batch.name_positions[k])] for k in probed)
+    assert 0 <= accuracy["name"] <= 1
 
 
 def test_every_answer_is_one_token_of_its_own_in_the_demo_tokenizer():
