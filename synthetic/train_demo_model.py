@@ -235,16 +235,19 @@ WORD_PROBE_SCALE = 10.0  # logits of a word probe: this times the cosine of the 
 # The name probe reads a question's answer from the asked shape's name in the question (its last word: " ring" of
 # "Which way does the red ring move?"), so that the name itself looks the shape up among the video tokens, as the
 # name of a "does a red ring appear" question must, and the answer copies it from there. Without it the answer
-# position looks up "a token that holds a direction", any shape's: fresh language models on target features (4- and
-# 8-frame videos, "which way" asked three times a video, 600 steps, lr 1e-3) answered "which way" on 8-frame validation
-# videos at 0.55 (0.61 with one other shape seen moving, 0.40 with three), 0.72 with this probe at layer 4, weight 0.1
-# (0.77 and 0.62), and at 32 frames 0.39 against 0.56; at weight 0.3, 0.69 and 0.50, the other kinds slower; at 1,
-# slower still. Asked of "right after" too (weight 0.3), it took "which way" at 8 frames from 0.60 to 0.38.
+# position looks up "a token that holds a direction", any shape's. Fresh language models on target features (4- and
+# 8-frame videos, "which way" asked three times a video, 600 steps, lr 1e-3), every "which way" question of 150
+# validation videos at 8 frames: 0.62 (0.68 with one other shape seen moving, 0.47 with three), 0.81 with this probe
+# at layer 4, weight 0.1 (0.85 and 0.71), 0.90 after 1,200 steps; at 32 frames 0.36 against 0.68. At weight 0.3, 0.77;
+# at 1, 0.72, the other kinds far slower. Asked of "right after" too, in runs that ask both kinds three times a video,
+# it took "right after" at 32 frames from 0.21 to 0.40 and "which way" from 0.57 to 0.51 (8 frames).
 NAME_PROBE_WORDS = (*COLOURS, *SHAPES, *DIRECTIONS)
 
 
 @dataclass(frozen=True)
 class NameProbe:
+    """A training-only linear read-out of a question's answer from the asked shape's name in the question."""
+
     kinds: tuple[str, ...]  # question kinds it reads the answer of
     layer: int
     weight: float
@@ -429,7 +432,7 @@ def answer_logits(
 
 def answer_forward(
     model: LlavaOnevisionForConditionalGeneration, batch: Batch, features: torch.Tensor | None = None
-) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
     """[Q, S, vocab] logits of the suffix tokens, the prefix's hidden states ([V, P, hidden] after each layer) and the
     suffix tokens' ([Q, S, hidden] after each layer).
     `features` ([V, T * 16 + 1, hidden]) replace the model's own video features when given.
