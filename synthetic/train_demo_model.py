@@ -94,6 +94,7 @@ SHAPE = LlavaOnevisionShape(
     rope_theta=1e6,
 )
 POOLED = 4  # pooled visual tokens per frame side
+WORDS = (*COLOURS, *SHAPES, *DIRECTIONS)  # the words that name what a scene shows
 
 
 @dataclass(frozen=True)
@@ -144,10 +145,10 @@ def build(seed: int) -> tuple[LlavaOnevisionForConditionalGeneration, LlavaOnevi
 def word_vectors(
     model: LlavaOnevisionForConditionalGeneration, processor: LlavaOnevisionProcessor
 ) -> dict[str, torch.Tensor]:
-    """{word: the unit direction of the input embedding of " word"} for every colour, shape and direction."""
+    """{word: the unit direction of the input embedding of " word"} for every word of `WORDS`."""
     embeddings = model.get_input_embeddings().weight.detach()
     token = processor.tokenizer.convert_tokens_to_ids
-    return {w: F.normalize(embeddings[token("Ġ" + w)], dim=0) for w in (*COLOURS, *SHAPES, *DIRECTIONS)}
+    return {w: F.normalize(embeddings[token("Ġ" + w)], dim=0) for w in WORDS}
 
 
 class TargetFeatures:
@@ -232,17 +233,6 @@ PROBES: dict[str, Probe] = {
 }
 WORD_PROBE_SCALE = 10.0  # logits of a word probe: this times the cosine of the hidden state and each word's embedding
 
-# The name probe reads a question's answer from the asked shape's name in the question (its last word: " ring" of
-# "Which way does the red ring move?"), so that the name itself looks the shape up among the video tokens, as the
-# name of a "does a red ring appear" question must, and the answer copies it from there. Without it the answer
-# position looks up "a token that holds a direction", any shape's. Fresh language models on target features (4- and
-# 8-frame videos, "which way" asked three times a video, 600 steps, lr 1e-3), every "which way" question of 150
-# validation videos at 8 frames: 0.62 (0.68 with one other shape seen moving, 0.47 with three), 0.81 with this probe
-# at layer 4, weight 0.1 (0.85 and 0.71), 0.90 after 1,200 steps; at 32 frames 0.36 against 0.68. At weight 0.3, 0.77;
-# at 1, 0.72, the other kinds far slower. Asked of "right after" too, in runs that ask both kinds three times a video,
-# it took "right after" at 32 frames from 0.21 to 0.40 and "which way" from 0.57 to 0.51 (8 frames).
-NAME_PROBE_WORDS = (*COLOURS, *SHAPES, *DIRECTIONS)
-
 
 @dataclass(frozen=True)
 class NameProbe:
@@ -253,6 +243,16 @@ class NameProbe:
     weight: float
 
 
+# The name probe reads a question's answer from the asked shape's name in the question (its last word: " ring" of
+# "Which way does the red ring move?"), so that the name itself looks the shape up among the video tokens, as the
+# name of a "does a red ring appear" question must, and the answer copies it from there. Without it the answer
+# position looks up "a token that holds a direction", any shape's. Fresh language models on target features (4- and
+# 8-frame videos, "which way" asked three times a video, 600 steps, lr 1e-3), every "which way" question of 150
+# validation videos at 8 frames: 0.62 (0.68 with one other shape seen moving, 0.47 with three), 0.81 with this probe
+# at layer 4, weight 0.1 (0.85 and 0.71), 0.90 after 1,200 steps; at 32 frames 0.36 against 0.68. At weight 0.3, 0.77;
+# at 1, 0.72, the other kinds far slower. Asked of "right after" too, in runs that ask both kinds three times a video,
+# it took "right after" at 32 frames from 0.21 to 0.40 and "which way" from 0.57 to 0.51 (8 frames). The whole recipe
+# with it (run demo-v6) tested 83.7% against 81.7% without (demo-v5) at 32 frames, "which way" 45% against 38%.
 NAME_PROBE = NameProbe(kinds=("direction",), layer=4, weight=0.1)
 
 
@@ -292,7 +292,7 @@ def moment_labels(scene: Scene, frames: np.ndarray) -> dict[str, torch.Tensor]:
 
 class Probes(torch.nn.Module):
     """The `PROBES` on the video tokens: a linear head each, or for word probes the words' unit input embeddings
-    (`word_vectors`, fixed); and the `NAME_PROBE` on the questions, a linear head over `NAME_PROBE_WORDS`."""
+    (`word_vectors`, fixed); and the `NAME_PROBE` on the questions, a linear head over `WORDS`."""
 
     def __init__(self, hidden: int, word_vectors: dict[str, torch.Tensor]):
         super().__init__()
@@ -303,7 +303,7 @@ class Probes(torch.nn.Module):
                 self.register_buffer(f"{name}_words", words, persistent=False)
             else:
                 self.heads[name] = torch.nn.Linear(hidden, probe.classes)
-        self.name = torch.nn.Linear(hidden, len(NAME_PROBE_WORDS))
+        self.name = torch.nn.Linear(hidden, len(WORDS))
 
     def logits(self, name: str, states: torch.Tensor) -> torch.Tensor:
         if PROBES[name].words:
@@ -357,7 +357,7 @@ class Batch:
     questions: list[Question]
     probe_labels: dict[str, torch.Tensor]  # {`PROBES` label: [V, T * 16]} from `moment_labels`
     name_positions: torch.Tensor  # [Q] where in its suffix row each question names its shape; 0 if not probed
-    name_labels: torch.Tensor  # [Q] the answer's index in NAME_PROBE_WORDS for `NAME_PROBE.kinds`, else -100
+    name_labels: torch.Tensor  # [Q] the answer's index in WORDS for `NAME_PROBE.kinds`, else -100
 
 
 def make_batch(
@@ -385,7 +385,7 @@ def make_batch(
                 name_positions.append(len(prompt) - 1 - prompt[::-1].index(name_end))
             else:
                 name_positions.append(0)
-            name_labels.append(NAME_PROBE_WORDS.index(question.answer) if probed else -100)
+            name_labels.append(WORDS.index(question.answer) if probed else -100)
     if rows[0][0] != ids[cut:].tolist():
         raise AssertionError("the question tokens differ from the processor's: the prefix split is wrong")
     width = max(len(p) + len(a) for p, a in rows)

@@ -450,9 +450,9 @@ def test_the_name_probe_reads_the_answer_from_the_asked_shapes_name_in_the_quest
     from synthetic.evaluate import asked_name
     from synthetic.train_demo_model import (
         NAME_PROBE,
-        NAME_PROBE_WORDS,
         SHAPE,
         STAGES,
+        WORDS,
         Probes,
         answer_forward,
         build,
@@ -469,7 +469,7 @@ def test_the_name_probe_reads_the_answer_from_the_asked_shapes_name_in_the_quest
         if k in probed:
             name_end = processor.tokenizer.convert_ids_to_tokens(int(batch.suffix[k, batch.name_positions[k]]))
             assert name_end == "Ġ" + asked_name(question).split()[-1]
-            assert NAME_PROBE_WORDS[batch.name_labels[k]] == question.answer
+            assert WORDS[batch.name_labels[k]] == question.answer
         else:
             assert batch.name_labels[k] == -100
 
