@@ -565,3 +565,50 @@ def test_a_run_stopped_and_resumed_ends_where_an_uninterrupted_one_does(tmp_path
     expected = whole.state_dict()
     for name, value in resumed.state_dict().items():
         torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_the_guides_pull_on_the_models_own_attention_from_the_name_to_the_right_shape():
+    """`guide_loss` recomputes one layer's attention from the name's token; it must be the attention the model runs
+    (renormalised over the prefix), on the tokens of the asked shape ("which way") or of the one after it."""
+    from synthetic.evaluate import asked_name
+    from synthetic.train_demo_model import (
+        GUIDES,
+        STAGES,
+        answer_forward,
+        build,
+        guide_loss,
+        make_batch,
+        token_owners,
+        training_batch,
+    )
+
+    model, processor = build(seed=0)
+    model.set_attn_implementation("eager")
+    batch = training_batch(processor, STAGES[-1], seed=0, step=0)
+    checked = 0
+    for guide in GUIDES:
+        k = next(k for k, q in enumerate(batch.questions) if q.kind == guide.kind and batch.guided[k].any())
+        question, v = batch.questions[k], int(batch.video_of[k])
+        scene, frames = batch.scenes[v], batch.frames[v]
+        names = [sprite.name for sprite in scene.sprites]
+        expected = names.index(asked_name(question)) + (guide.target == "next")
+        assert torch.equal(batch.guided[k], torch.from_numpy(token_owners(scene, frames).reshape(-1) == expected))
+
+        one = make_batch(processor, [scene], [frames], [[question]])
+        _, states, question_states = answer_forward(model, one)
+        _, share = guide_loss(model, states, question_states, one)
+
+        features = model.model.get_video_features(one.pixel_values).pooler_output
+        ids = torch.cat([one.prefix, one.suffix[:, : int(one.lengths[0])]], dim=1)
+        embeds = model.get_input_embeddings()(ids)
+        is_video = (ids == model.config.video_token_index)[..., None].expand_as(embeds)
+        embeds = embeds.masked_scatter(is_video, features)
+        with torch.no_grad():
+            attentions = model.model.language_model(inputs_embeds=embeds, output_attentions=True).attentions
+        prefix = one.prefix.shape[1]
+        row = attentions[guide.layer][0, list(guide.heads), prefix + int(one.name_positions[0]), :prefix]
+        video = (one.prefix[0] == model.config.video_token_index).nonzero()[:-1, 0]
+        landed = row[:, video[one.guided[0]]].sum(-1) / row.sum(-1)
+        assert share[f"look_{guide.kind}"] == pytest.approx(float(landed.mean()), rel=1e-4)
+        checked += 1
+    assert checked == len(GUIDES)
