@@ -362,7 +362,7 @@ class Probes(torch.nn.Module):
         states: the prefix's hidden states, embeddings first, each [V, prefix length, hidden].
         question_states: the suffixes' hidden states, embeddings first, each [Q, S, hidden].
         """
-        video = (batch.prefix[0] == video_token).nonzero()[:-1, 0]  # every video token but the newline
+        video = batch.frame_token_positions(video_token)
         loss, accuracy = states[0].new_zeros(()), {}
         for name, probe in PROBES.items():
             target = batch.probe_labels[name]
@@ -399,6 +399,10 @@ class Batch:
     name_labels: torch.Tensor  # [Q] the answer's index in WORDS for `NAME_PROBE.kinds`, else -100
     guided: torch.Tensor  # [Q, T * 16] bool: the video tokens its `GUIDES` entry pulls a question's name to
 
+    def frame_token_positions(self, video_token: int) -> torch.Tensor:
+        """[T * 16] where the pooled frame tokens are in the prefix: every video token but the closing newline."""
+        return (self.prefix[0] == video_token).nonzero()[:-1, 0]
+
 
 def make_batch(
     processor: LlavaOnevisionProcessor, scenes: list[Scene], frames: list[np.ndarray], asked: list[list[Question]]
@@ -415,6 +419,7 @@ def make_batch(
     named_kinds = {*NAME_PROBE.kinds, *guides}
     for v, questions_about in enumerate(asked):
         owners = token_owners(scenes[v], frames[v]).reshape(-1)
+        names = [sprite.name for sprite in scenes[v].sprites]
         for question in questions_about:
             tail = chat_prompt(processor, question.text).split(processor.video_token, 1)[1]
             prompt = tokenizer(tail, add_special_tokens=False)["input_ids"]
@@ -429,11 +434,11 @@ def make_batch(
                 name_positions.append(0)
             probed = question.kind in NAME_PROBE.kinds
             name_labels.append(WORDS.index(question.answer) if probed else -100)
-            target = -1
             if question.kind in guides:
-                names = [sprite.name for sprite in scenes[v].sprites]
                 target = names.index(asked_name(question)) + (guides[question.kind].target == "next")
-            guided.append(torch.from_numpy(owners == target))  # no token is owned by -1's shape
+                guided.append(torch.from_numpy(owners == target))
+            else:
+                guided.append(torch.zeros(len(owners), dtype=torch.bool))
     if rows[0][0] != ids[cut:].tolist():
         raise AssertionError("the question tokens differ from the processor's: the prefix split is wrong")
     width = max(len(p) + len(a) for p, a in rows)
@@ -556,13 +561,13 @@ def guide_loss(
     """
     language = model.model.language_model
     prefix_length = batch.prefix.shape[1]
-    video = (batch.prefix[0] == model.config.video_token_index).nonzero()[:-1, 0]  # every video token but the newline
+    video = batch.frame_token_positions(model.config.video_token_index)
     loss, share = states[0].new_zeros(()), {}
     for guide in GUIDES:
-        rows = torch.tensor([k for k, q in enumerate(batch.questions) if q.kind == guide.kind], dtype=torch.long)
-        rows = rows[batch.guided[rows].any(-1)] if len(rows) else rows
-        if not len(rows):
+        rows = [k for k, q in enumerate(batch.questions) if q.kind == guide.kind and batch.guided[k].any()]
+        if not rows:
             continue
+        rows = torch.tensor(rows)
         layer = language.layers[guide.layer]
         attention = layer.self_attn
         head_dim, groups = attention.head_dim, attention.num_key_value_groups
@@ -797,7 +802,7 @@ def train(
         run.log(f"started from {saved}'s weights (the seed's targets, fresh probes) at stage {first_stage}")
     else:
         run.log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {SHAPE}")
-    model.float().train()
+    model.train()
     val = validation_batches(processor)
     started = time.time()
     for index in range(first_stage, len(STAGES)):

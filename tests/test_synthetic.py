@@ -433,7 +433,7 @@ def test_the_direction_probe_reads_the_direction_words_own_input_embeddings():
     batch = training_batch(processor, STAGES[4], seed=0, step=0)  # a stage that asks "which way" often
     label = batch.probe_labels["direction"]
     assert (label >= 0).sum() > 10
-    video = (batch.prefix[0] == model.config.video_token_index).nonzero()[:-1, 0]
+    video = batch.frame_token_positions(model.config.video_token_index)
     layers = max(probe.layer for probe in PROBES.values()) + 1
     for shift, expected in ((0, 1.0), (1, 0.0)):  # the token holds its own direction's word, then the next one's
         states = torch.zeros(len(batch.scenes), batch.prefix.shape[1], SHAPE.text_hidden)
@@ -580,11 +580,14 @@ def test_the_guides_pull_on_the_models_own_attention_from_the_name_to_the_right_
         make_batch,
         token_owners,
         training_batch,
+        video_features,
     )
 
     model, processor = build(seed=0)
     model.set_attn_implementation("eager")
     batch = training_batch(processor, STAGES[-1], seed=0, step=0)
+    guided_kinds = {guide.kind for guide in GUIDES}
+    assert not any(batch.guided[k].any() for k, q in enumerate(batch.questions) if q.kind not in guided_kinds)
     checked = 0
     for guide in GUIDES:
         k = next(k for k, q in enumerate(batch.questions) if q.kind == guide.kind and batch.guided[k].any())
@@ -598,7 +601,7 @@ def test_the_guides_pull_on_the_models_own_attention_from_the_name_to_the_right_
         _, states, question_states = answer_forward(model, one)
         _, share = guide_loss(model, states, question_states, one)
 
-        features = model.model.get_video_features(one.pixel_values).pooler_output
+        features = video_features(model, one.pixel_values)
         ids = torch.cat([one.prefix, one.suffix[:, : int(one.lengths[0])]], dim=1)
         embeds = model.get_input_embeddings()(ids)
         is_video = (ids == model.config.video_token_index)[..., None].expand_as(embeds)
@@ -607,7 +610,7 @@ def test_the_guides_pull_on_the_models_own_attention_from_the_name_to_the_right_
             attentions = model.model.language_model(inputs_embeds=embeds, output_attentions=True).attentions
         prefix = one.prefix.shape[1]
         row = attentions[guide.layer][0, list(guide.heads), prefix + int(one.name_positions[0]), :prefix]
-        video = (one.prefix[0] == model.config.video_token_index).nonzero()[:-1, 0]
+        video = one.frame_token_positions(model.config.video_token_index)
         landed = row[:, video[one.guided[0]]].sum(-1) / row.sum(-1)
         assert share[f"look_{guide.kind}"] == pytest.approx(float(landed.mean()), rel=1e-4)
         checked += 1
