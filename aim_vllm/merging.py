@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from aim_core.adapters.qwen_vl import cluster_mean, representatives
-from aim_core.merge import merge_frames
+from aim_core.adapters.qwen_vl import cluster_mean
+from aim_core.merge import merge_frames, representatives
 
 
 @dataclass

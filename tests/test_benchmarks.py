@@ -56,3 +56,19 @@ def test_the_sweep_plot_is_drawn_from_every_reached_cell_of_its_table():
         assert [f"{accuracy:.1f}% ({flops:.1f}% FLOPs)" for flops, accuracy in points[name]] == reached
     figure = plot(table)
     assert {trace.name for trace in figure.data} == {*points, "no reduction", "AIM default"}
+
+
+def test_the_per_kind_table_has_a_row_per_setting_with_its_accuracy_and_flops_against_the_first() -> None:
+    from benchmarks.synthetic_qa import Result
+    from benchmarks.synthetic_sweep import kind_table
+
+    def result(first: float, direction: float, flops: float) -> Result:
+        return Result((first + direction) / 2, {"first": first, "direction": direction}, 200, flops, 4.0, 0.1)
+
+    rows = kind_table({"no reduction": result(1.0, 0.75, 4.0), "AIM default": result(0.99, 0.4, 0.5)})
+    assert rows == [
+        "| setting | first | direction | all | FLOPs |",
+        "|---|---|---|---|---|",
+        "| no reduction | 100.0% | 75.0% | 87.5% | 100.0% |",
+        "| AIM default | 99.0% | 40.0% | 69.5% | 12.5% |",
+    ]

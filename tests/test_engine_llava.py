@@ -123,11 +123,13 @@ def run_pruned(qa, frames, config, max_new_tokens):
 
 
 def replay_logits(qa, inputs, sequence, prompt, num_visual, counts, forced_kept):
-    """One forward without cache over the whole sequence, pruning exactly the tokens the cached run pruned.
+    """One forward without cache over the whole sequence, pruning exactly the tokens the cached run pruned; the
+    generated tokens continue the prompt's positions as `generate` continues them.
 
     Returns the logits of the last `len(sequence) - prompt.length + 1` positions (pruning shortens the output,
     but the tokens after the visual run are text and always kept)."""
-    full = dict(inputs, input_ids=sequence, attention_mask=torch.ones_like(sequence))
+    full = dict(inputs, input_ids=sequence, attention_mask=torch.ones_like(sequence),
+                position_ids=continued(inputs["position_ids"], sequence.shape[1] - prompt.length))
     with VisualTokenPruner(qa.adapter.decoder_layers, qa.adapter.project_qk, prompt.visual_start, num_visual,
                            prompt.length, counts, forced_kept=forced_kept):
         with torch.inference_mode():
@@ -156,23 +158,71 @@ def test_cached_decoding_matches_full_recomputation(request, fixture, importance
              for kept in pruner.record.kept_visual]
     changed = replay_logits(qa, inputs, sequence, prompt, num_visual, counts, other)
     assert not torch.allclose(changed, logits, atol=1e-3)
+    position_ids = continued(inputs["position_ids"], sequence.shape[1] - prompt.length)
+    full = dict(inputs, input_ids=sequence, attention_mask=torch.ones_like(sequence), position_ids=position_ids)
     with torch.inference_mode():
-        unpruned = qa.model(**dict(inputs, input_ids=sequence, attention_mask=torch.ones_like(sequence))).logits[0]
+        unpruned = qa.model(**full).logits[0]
     assert not torch.allclose(unpruned[prompt.length - 1:], logits, atol=1e-3)
 
 
-def test_decoding_continues_after_the_unpruned_prompt(qa, random_frames):
-    """Position ids of generated tokens count every prompt token, pruned or not."""
+def continued(position_ids: torch.Tensor, generated: int) -> torch.Tensor:
+    """`[1, length + generated]`: the prompt's position ids, then one more for each generated token."""
+    return torch.cat([position_ids, position_ids[:, -1:] + torch.arange(1, generated + 1)], dim=-1)
+
+
+def seen_position_ids(qa, run):
+    """The position ids layer 0 gets in each forward of `run()` (prefill, then one per decoded token)."""
     seen = []
     layer0 = qa.adapter.decoder_layers[0]
     handle = layer0.register_forward_pre_hook(
         lambda module, args, kwargs: seen.append(kwargs["position_ids"].clone()), with_kwargs=True)
     try:
-        output, _, _, prompt, _, _ = run_pruned(qa, random_frames, AIMConfig(), 3)
+        run()
     finally:
         handle.remove()
-    assert seen[0][0].tolist() == list(range(prompt.length))
-    assert [int(ids[0, -1]) for ids in seen[1:]] == [prompt.length, prompt.length + 1]
+    return seen
+
+
+def test_decoding_continues_after_the_unmerged_unpruned_prompt(qa, random_frames):
+    """Position ids of generated tokens count every prompt token, merged, pruned or neither."""
+    for config in (AIMConfig(merge_keep=1.0), AIMConfig()):
+        seen = seen_position_ids(qa, lambda: qa.answer(random_frames, QUESTION, config=config, max_new_tokens=3,
+                                                      min_new_tokens=3))
+        unmerged_length = qa.adapter.prompt(QUESTION, None, 8 * 16 + 1).length
+        assert seen[0][0, -1] == unmerged_length - 1
+        assert [int(ids[0, -1]) for ids in seen[1:]] == [unmerged_length, unmerged_length + 1]
+        if config.merge_keep == 1.0:
+            assert seen[0][0].tolist() == list(range(unmerged_length))
+
+
+def test_merged_tokens_keep_the_position_of_a_member_of_their_cluster(qa, random_frames):
+    """Each merged token sits where its cluster's representative sat in the unmerged prompt; the text before and
+    after the video where it sat too. Compacting the positions instead changes the answer's logits."""
+    config = AIMConfig(merge_keep=0.25, prune_start=1.0, prune_end=1.0)
+    seen = seen_position_ids(qa, lambda: qa.answer(random_frames, QUESTION, config=config, max_new_tokens=1))
+    _, encoding, _ = qa.encode(random_frames)
+    merged = qa._reduced(next(reversed(qa._cache)), config)[0]
+    frames, kept = merged.tokens.shape[:2]
+    prompt = qa.adapter.prompt(QUESTION, encoding, frames * kept + 1)
+    unmerged = qa.adapter.prompt(QUESTION, encoding, frames * 16 + 1)
+    given = seen[0][0]
+    assert len(given) == prompt.length < unmerged.length
+    start = prompt.visual_start
+    assert given[:start].tolist() == list(range(start))
+    text_after = prompt.length - start - prompt.num_visual
+    assert given[-text_after:].tolist() == list(range(unmerged.length - text_after, unmerged.length))
+    assert int(given[start + frames * kept]) == start + frames * 16  # the newline after the frames
+    for index, position in enumerate(given[start:start + frames * kept].tolist()):
+        frame, token = divmod(index, kept)
+        members = (merged.source[frame] == token).nonzero()[:, 0]
+        assert position - start - frame * 16 in members.tolist(), f"frame {frame}, token {token}"
+        assert merged.sizes[frame, token] == len(members)
+
+    inputs = qa.adapter.generate_inputs(prompt, encoding, merged)
+    with torch.inference_mode():
+        kept_places = qa.model(**inputs).logits[0, -1]
+        compacted = qa.model(**dict(inputs, position_ids=torch.arange(prompt.length)[None])).logits[0, -1]
+    assert not torch.allclose(kept_places, compacted, atol=1e-3)
 
 
 def test_text_importance_matches_eager_attention_weights(tiny_llava_eager, random_frames):

@@ -95,6 +95,21 @@ def test_llava_image_merges_inside_each_tile(llava):
     assert trace.kept_patches(0).all()
     assert answer.stats.new_tokens == 2
 
+    # Each kept cell keeps its place in the stock layout: newlines and the text after the image where they were.
+    _, encoding, _ = qa.encode(image)
+    merged = qa._reduced(next(reversed(qa._cache)), MERGE_ONLY)[0]
+    prompt = qa.adapter.prompt(QUESTION, encoding, len(order))
+    unmerged = qa.adapter.prompt(QUESTION, encoding, stock.stats.visual_tokens_after_merge)
+    places = qa.adapter.generate_inputs(prompt, encoding, merged)["position_ids"][0]
+    stock_places = qa.adapter.generate_inputs(unmerged, encoding, qa._reduced(next(reversed(qa._cache)),
+                                                                              AIMConfig.none())[0])["position_ids"][0]
+    assert stock_places.tolist() == list(range(unmerged.length))
+    assert (places.diff() > 0).all() and places[-1] == unmerged.length - 1
+    assert places[: prompt.visual_start].tolist() == list(range(prompt.visual_start))
+    visual_places = places[prompt.visual_start : prompt.visual_start + prompt.num_visual] - prompt.visual_start
+    newline_places = visual_places[(order >= tiles * kept).cpu()]
+    assert newline_places.tolist() == [64 + 17 * row + 16 for row in range(16)]  # each row's end, after the base tile
+
 
 def test_llava_image_with_pruning_and_dropping(llava):
     _, _, qa = llava

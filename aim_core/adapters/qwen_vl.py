@@ -41,7 +41,7 @@ from transformers.vision_utils import get_vision_position_ids, get_vision_window
 
 from ..errors import VideoError
 from ..flops import VisionShape
-from ..merge import MergeResult, cluster_means
+from ..merge import MergeResult, cluster_means, representatives
 from ..packed_vision_patch import PackedLayout, PackedVisionTokenMerger
 from .base import Prompt, VideoEncoding, VideoLLMAdapter, VisualLayout
 
@@ -295,32 +295,6 @@ class QwenVLAdapter(VideoLLMAdapter):
 
 def _modality(is_image: bool) -> str:
     return "image" if is_image else "video"
-
-
-def representatives(source: torch.Tensor, grid: tuple[int, int], kept: int) -> torch.Tensor:
-    """For each merged token, the original token whose place it takes: the member of its cluster nearest to the
-    cluster's centre on the grid (the lowest index on ties).
-
-    Args:
-        source: `[steps, n]` merged token of each original token (`MergeResult.source`; -1 for a dropped one).
-        grid: `(rows, cols)` of the `n` tokens.
-        kept: merged tokens per step.
-
-    Returns:
-        `[steps, kept]` indices into the `n` tokens.
-    """
-    steps, n = source.shape
-    index = torch.arange(n)
-    place = torch.stack([index // grid[1], index % grid[1]], dim=-1).float()  # [n, 2]: (row, column)
-    member = (source >= 0).float()[..., None]
-    cluster = source.clamp(min=0)
-    by_cluster = cluster[..., None].expand(-1, -1, 2)
-    centre = torch.zeros(steps, kept, 2).scatter_add_(1, by_cluster, place * member)
-    centre = centre / torch.zeros(steps, kept, 1).scatter_add_(1, cluster[..., None], member)
-    distance = (place - centre.gather(1, by_cluster)).square().sum(-1).masked_fill(source < 0, math.inf)
-    nearest = torch.full((steps, kept), math.inf).scatter_reduce(1, cluster, distance, "amin")
-    candidates = torch.where(distance == nearest.gather(1, cluster), index, n)
-    return torch.full((steps, kept), n).scatter_reduce(1, cluster, candidates, "amin")
 
 
 def cluster_mean(features: torch.Tensor, merged: MergeResult) -> torch.Tensor:

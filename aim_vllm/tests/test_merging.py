@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aim_core.adapters.qwen_vl import cluster_mean, representatives
+from aim_core.adapters.qwen_vl import cluster_mean
 from aim_core.errors import SettingsError
-from aim_core.merge import merge_frames
+from aim_core.merge import merge_frames, representatives
 from aim_vllm.config import ENV_VAR, default_keep
 from aim_vllm.merging import merge_video, qwen2_5_video_positions, tokens_per_step
 
