@@ -18,9 +18,9 @@ Importance = Literal["text", "pagerank", "last"]
 # fraction of a frame's tokens. Rounds of all of set A force a small shape's tokens into whatever they match best,
 # often another shape. The demo model on 1001 held-out questions (seed 400000), the paper's LLM setting with
 # vision_keep 0.25: 66.7% with rounds of all of set A inside the tower, 81.8% with rounds of a quarter, 81.2% of a
-# tenth, 83.2% unreduced; a quarter takes fewer rounds than a tenth for the same answers. Before the LLM, on 432
-# questions about brief shapes at 128 frames (seed 500000), `AIMConfig()` answered 58.6% with the paper's rounds and
-# 63.0% with a quarter's; level at 32 frames (504 questions, seed 600000: 81.9% and 81.2%).
+# tenth, 83.2% unreduced; a quarter takes fewer rounds than a tenth for the same answers. Before the LLM (demo-v8, the
+# sweep's per-kind table, 504 questions a set at 32 frames), `AIMConfig()` answered 88.5% and 85.5% with the paper's
+# rounds, 88.5% and 87.3% with a quarter's ("which way" 69% and 60% against 76% and 72%, of 78% and 76% unreduced).
 MERGE_ROUND = 0.25
 
 
