@@ -181,12 +181,12 @@ def main() -> None:
 def kind_table(results: dict[str, Result]) -> list[str]:
     """Markdown rows: each setting's accuracy per kind, over all questions, and its prefill FLOPs against the first
     setting's (no reduction)."""
-    kinds = list(next(iter(results.values())).per_kind)
-    baseline_flops = next(iter(results.values())).flops
+    baseline = next(iter(results.values()))
+    kinds = list(baseline.per_kind)
     rows = ["| setting | " + " | ".join(kinds) + " | all | FLOPs |", "|---|" + "---|" * (len(kinds) + 2)]
     for label, result in results.items():
         rows.append(f"| {label} | " + " | ".join(f"{100 * result.per_kind[k]:.1f}%" for k in kinds)
-                    + f" | {100 * result.accuracy:.1f}% | {100 * result.flops / baseline_flops:.1f}% |")
+                    + f" | {100 * result.accuracy:.1f}% | {100 * result.flops / baseline.flops:.1f}% |")
     return rows
 
 

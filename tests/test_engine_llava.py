@@ -185,10 +185,10 @@ def seen_position_ids(qa, run):
 
 def test_decoding_continues_after_the_unmerged_unpruned_prompt(qa, random_frames):
     """Position ids of generated tokens count every prompt token, merged, pruned or neither."""
+    unmerged_length = qa.adapter.prompt(QUESTION, None, 8 * 16 + 1).length
     for config in (AIMConfig(merge_keep=1.0), AIMConfig()):
         seen = seen_position_ids(qa, lambda: qa.answer(random_frames, QUESTION, config=config, max_new_tokens=3,
                                                       min_new_tokens=3))
-        unmerged_length = qa.adapter.prompt(QUESTION, None, 8 * 16 + 1).length
         assert seen[0][0, -1] == unmerged_length - 1
         assert [int(ids[0, -1]) for ids in seen[1:]] == [unmerged_length, unmerged_length + 1]
         if config.merge_keep == 1.0:

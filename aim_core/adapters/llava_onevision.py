@@ -4,9 +4,8 @@ The video's tokens come from the model's own `get_video_features` (SigLIP tower 
 pooling -> one trailing `image_newline`); the merged tokens go back in through `generate(mm_encoder_outputs=...)`
 with the run of `<video>` placeholders shortened to match, which is how the stock forward accepts them. Each merged
 token keeps the rotary position of one member of its cluster (the one nearest its centre), and the text after the
-video keeps its unmerged positions, as on Qwen (`aim_core.adapters.qwen_vl`). On the demo model, under `AIMConfig()`,
-"which way" questions (72, seed 0) answered 39% with positions compacted to the merged run, 61% with these (76%
-unreduced).
+video keeps its unmerged positions, as on Qwen (`aim_core.adapters.qwen_vl`). On demo-v7, under `AIMConfig()`, "which
+way" questions (72, seed 0) answered 39% with positions compacted to the merged run, 61% with these (76% unreduced).
 
 An image is cut by the processor into a base tile (the whole image, squeezed) and high-resolution tiles; the model
 lays their tokens out as the base tile, then the stitched tiles with the letterbox padding cut off (and the grid
