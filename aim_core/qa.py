@@ -463,7 +463,7 @@ class AnswerStream:
         text_tokens = prompt.length - num_visual
         vision_shape, (steps, tokens_per_step) = adapter.vision_shape, encoding.tokens.shape[:2]
         patches = adapter.vision_patches_per_step(tokens_per_step)
-        unreduced = len(adapter.visual_order(encoding, qa._reduced(key, AIMConfig.none())[0]))
+        unreduced = adapter.unmerged_visual_count(encoding)
         stats = Stats(
             num_frames=len(frames),
             visual_tokens_before_merge=unreduced,

@@ -111,6 +111,24 @@ def test_llava_image_merges_inside_each_tile(llava):
     assert newline_places.tolist() == [64 + 17 * row + 16 for row in range(16)]  # each row's end, after the base tile
 
 
+def test_llava_lays_an_image_out_once_a_question(llava, monkeypatch):
+    """The visual order and the inputs of one image question read one layout (`pack_image_features` once), and a
+    question that merges the image as the last one did lays nothing out again."""
+    model, _, qa = llava
+    image = picture(100, 100)
+    stock = qa.answer(image, QUESTION, config=AIMConfig.none(), max_new_tokens=1)  # encodes the image
+    calls = []
+    pack = model.model.pack_image_features
+    monkeypatch.setattr(model.model, "pack_image_features", lambda *a, **k: calls.append(1) or pack(*a, **k))
+    merged = qa.answer(image, QUESTION, config=MERGE_ONLY, max_new_tokens=1)
+    assert len(calls) == 1
+    assert merged.stats.visual_tokens_before_merge == stock.stats.visual_tokens_after_merge
+    assert merged.stats.visual_tokens_after_merge < stock.stats.visual_tokens_after_merge
+    pruned = qa.answer(image, QUESTION, config=AIMConfig(), max_new_tokens=1)  # the same merging, then pruning
+    assert len(calls) == 1
+    assert pruned.stats.visual_tokens_after_merge == merged.stats.visual_tokens_after_merge
+
+
 def test_llava_image_with_pruning_and_dropping(llava):
     _, _, qa = llava
     image = picture(48, 64)

@@ -183,6 +183,10 @@ class VideoLLMAdapter(ABC):
         """
         return torch.arange(merged.tokens.shape[0] * merged.tokens.shape[1] + len(encoding.suffix))
 
+    def unmerged_visual_count(self, encoding: VideoEncoding) -> int:
+        """Visual tokens of the prompt with nothing merged: by default every step's tokens, then the suffix."""
+        return encoding.tokens.shape[0] * encoding.tokens.shape[1] + len(encoding.suffix)
+
     def project_qk(self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                    query_rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Rotated queries and keys of a LLaMA-style decoder layer (Qwen2/2.5/3, LLaMA, Mistral), for ranking.

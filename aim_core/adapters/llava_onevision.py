@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import PreTrainedModel, ProcessorMixin
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava_onevision.modeling_llava_onevision import get_anyres_image_grid_shape
 from transformers.video_utils import VideoMetadata
@@ -33,6 +34,11 @@ from .base import Prompt, VideoEncoding, VideoLLMAdapter, VisualLayout
 
 class LlavaOnevisionAdapter(VideoLLMAdapter):
     model_types = ("llava_onevision",)
+
+    def __init__(self, model: PreTrainedModel, processor: ProcessorMixin) -> None:
+        super().__init__(model, processor)
+        # `VideoQA` asks for an image's visual order, then for its inputs: both read the one layout of that pair.
+        self._last_image_layout: tuple[VideoEncoding, MergeResult, tuple] | None = None
 
     @property
     def vision_layers(self) -> torch.nn.ModuleList:
@@ -90,11 +96,13 @@ class LlavaOnevisionAdapter(VideoLLMAdapter):
         mean, std = (torch.tensor(v, dtype=torch.float32)[:, None, None] for v in (processor.image_mean,
                                                                                   processor.image_std))
         views = ((pixels.float().cpu() * std + mean) * 255).round().clamp(0, 255).byte().permute(0, 2, 3, 1)
+        image_size = inputs["image_sizes"][0]
+        packed_tokens = self._packed_tokens(tiles[0].shape[:2], side, image_size)
         return VideoEncoding(
             tokens=tiles[0],
             grid=(side, side),
             suffix=self.model.model.image_newline[None],
-            extras={"image_size": inputs["image_sizes"][0]},
+            extras={"image_size": image_size, "packed_tokens": packed_tokens},
             is_image=True,
             views=views.numpy(),
         )
@@ -157,6 +165,11 @@ class LlavaOnevisionAdapter(VideoLLMAdapter):
             return self._image_layout(encoding, merged)[1]
         return super().visual_order(encoding, merged)
 
+    def unmerged_visual_count(self, encoding: VideoEncoding) -> int:
+        if encoding.is_image:
+            return len(encoding.extras["packed_tokens"])
+        return super().unmerged_visual_count(encoding)
+
     def _image_layout(self, encoding: VideoEncoding, merged: MergeResult
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """The merged image as the model lays it out: `([num_visual, dim] tokens, [num_visual] visual order,
@@ -166,6 +179,9 @@ class LlavaOnevisionAdapter(VideoLLMAdapter):
         `pack_image_features` lays the tiles out; a cluster then keeps only its first cell, and a token dropped
         before the LLM (`source` -1) none.
         """
+        last = self._last_image_layout
+        if last is not None and last[0] is encoding and last[1] is merged:
+            return last[2]
         tiles, n, dim = encoding.tokens.shape
         kept = merged.tokens.shape[1]
         source = merged.source.to(encoding.tokens.device)
@@ -173,7 +189,7 @@ class LlavaOnevisionAdapter(VideoLLMAdapter):
         features = self.model.model.pack_image_features(
             [spread], encoding.extras["image_size"][None], image_newline=encoding.suffix[0])[0][0]
 
-        token = self._packed_tokens(encoding)
+        token = encoding.extras["packed_tokens"]
         token_source = source.flatten().cpu()[token.clamp(min=0)]
         cluster = token.clamp(min=0) // n * kept + token_source
         is_token = (token >= 0) & (token_source >= 0)
@@ -182,17 +198,18 @@ class LlavaOnevisionAdapter(VideoLLMAdapter):
         is_newline = token < 0
         keep = is_newline | (is_token & (first[cluster.clamp(min=0)] == position))
         order = torch.where(is_newline, tiles * kept + is_newline.cumsum(0) - 1, cluster)
-        return features[keep.to(features.device)], order[keep], position[keep], len(token)
+        layout = features[keep.to(features.device)], order[keep], position[keep], len(token)
+        self._last_image_layout = encoding, merged, layout
+        return layout
 
-    def _packed_tokens(self, encoding: VideoEncoding) -> torch.Tensor:
-        """For each cell of the image's stock layout, its nearest original token (`tile * n + i`), or -1 for a newline.
+    def _packed_tokens(self, tokens_shape: tuple[int, int], side: int, image_size: torch.Tensor) -> torch.Tensor:
+        """For each cell of the stock layout of an image of `image_size` cut into `tokens_shape` = (tiles, n) tokens,
+        `side` x `side` a tile: its nearest original token (`tile * n + i`), or -1 for a newline.
 
         The model lays out the grid coordinates of the tokens beside their features, so each cell learns where it
         sits in the stitched grid of high-resolution tiles even where the model interpolates the grid down.
         """
-        tiles, n, _ = encoding.tokens.shape
-        side = encoding.grid[0]
-        image_size = encoding.extras["image_size"]
+        tiles, n = tokens_shape
         _, cols = get_anyres_image_grid_shape(image_size, self.model.config.image_grid_pinpoints,
                                               self.model.config.vision_config.image_size)
         tile, index = torch.arange(tiles - 1)[:, None], torch.arange(n)[None]  # tile t sits at (t // cols, t % cols)
