@@ -225,6 +225,34 @@ def test_merged_tokens_keep_the_position_of_a_member_of_their_cluster(qa, random
     assert not torch.allclose(kept_places, compacted, atol=1e-3)
 
 
+def test_a_long_merged_video_spans_at_most_position_frames_of_positions(qa, random_frames, monkeypatch):
+    """Past `position_frames` unmerged frames, merged tokens' places are scaled into that span (never below the merged
+    run's own length) and the text after the video follows it; with nothing merged the positions stay the stock ones."""
+    monkeypatch.setattr(qa.adapter, "position_frames", 2)  # 8 frames of 16 tokens, + a newline: 129 unmerged
+    _, encoding, _ = qa.encode(random_frames)
+    unmerged = qa.adapter.prompt(QUESTION, encoding, 8 * 16 + 1)
+    for merge_keep, span in ((0.25, 2 * 16 + 1), (0.5, 8 * 8 + 1), (1.0, 8 * 16 + 1)):
+        config = AIMConfig(merge_keep=merge_keep, prune_start=1.0, prune_end=1.0)
+        seen = seen_position_ids(qa, lambda: qa.answer(random_frames, QUESTION, config=config, max_new_tokens=2,
+                                                      min_new_tokens=2))
+        merged = qa._reduced(next(reversed(qa._cache)), config)[0]
+        frames, kept = merged.tokens.shape[:2]
+        prompt = qa.adapter.prompt(QUESTION, encoding, frames * kept + 1)
+        given, start = seen[0][0], prompt.visual_start
+        text_after = prompt.length - start - prompt.num_visual
+        assert given[:start].tolist() == list(range(start))
+        assert given[-text_after:].tolist() == list(range(start + span, start + span + text_after))
+        assert int(seen[1][0, -1]) == start + span + text_after  # decoding goes on from there
+        visual = given[start:start + prompt.num_visual] - start
+        assert (visual.diff() >= 0).all() and 0 <= int(visual.min()) and int(visual.max()) < span
+        for index, position in enumerate(visual[:-1].tolist()):
+            frame, token = divmod(index, kept)
+            members = frame * 16 + (merged.source[frame] == token).nonzero()[:, 0]
+            assert position in (members * span // (8 * 16 + 1)).tolist(), f"frame {frame}, token {token}"
+        if merge_keep == 1.0:
+            assert given.tolist() == list(range(unmerged.length))
+
+
 def test_text_importance_matches_eager_attention_weights(tiny_llava_eager, random_frames):
     """At the first pruning layer the ranking equals the text rows of the layer's real attention weights."""
     model, processor = tiny_llava_eager

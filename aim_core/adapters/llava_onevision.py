@@ -6,6 +6,8 @@ with the run of `<video>` placeholders shortened to match, which is how the stoc
 token keeps the rotary position of one member of its cluster (the one nearest its centre), and the text after the
 video keeps its unmerged positions, as on Qwen (`aim_core.adapters.qwen_vl`). On demo-v7, under `AIMConfig()`, "which
 way" questions (72, seed 0) answered 39% with positions compacted to the merged run, 61% with these (76% unreduced).
+A merged video never spans more positions than `position_frames` unmerged frames, unless its merged tokens alone
+need more (`position_span`): past that, places are scaled down into the span (see `POSITION_FRAMES`).
 
 An image is cut by the processor into a base tile (the whole image, squeezed) and high-resolution tiles; the model
 lays their tokens out as the base tile, then the stitched tiles with the letterbox padding cut off (and the grid
@@ -31,12 +33,20 @@ from ..flops import VisionShape
 from ..merge import MergeResult, representatives
 from .base import Prompt, VideoEncoding, VideoLLMAdapter, VisualLayout
 
+# LLaVA-OneVision was trained on videos of up to 32 frames of 196 tokens, the demo model's last stages on 16 to 32:
+# positions beyond that span are ones the model never saw a video at. Kept places gain at 32 frames but lose past it.
+# Demo-v8, seed-0 sweep questions, `AIMConfig()`: at 32 frames kept places 88.5% against 86.1% compacted to the merged
+# run; on 128 frames (the sweep's long-video point, prefill budget) kept places 50.9%, compacted 64.4%, kept places
+# scaled into 32 frames' span 65.0%, into 64 frames' 57.2%.
+POSITION_FRAMES = 32
+
 
 class LlavaOnevisionAdapter(VideoLLMAdapter):
     model_types = ("llava_onevision",)
 
     def __init__(self, model: PreTrainedModel, processor: ProcessorMixin) -> None:
         super().__init__(model, processor)
+        self.position_frames = POSITION_FRAMES  # the most unmerged frames of positions a merged video spans
         # `VideoQA` asks for an image's visual order, then for its inputs: both read the one layout of that pair.
         self._last_image_layout: tuple[VideoEncoding, MergeResult, tuple] | None = None
 
@@ -157,6 +167,8 @@ class LlavaOnevisionAdapter(VideoLLMAdapter):
             frame_places = (torch.arange(frames)[:, None] * n + in_frame).flatten()
             unmerged = frames * n + len(encoding.suffix)
             places = torch.cat([frame_places, torch.arange(frames * n, unmerged)])
+            span = position_span(unmerged, visual.shape[1], self.position_frames * n + len(encoding.suffix))
+            places, unmerged = places * span // unmerged, span
         position_ids = merged_position_ids(prompt, places, unmerged).to(self.model.device)
         return {**inputs, "position_ids": position_ids, "mm_encoder_outputs": features}
 
@@ -220,6 +232,12 @@ class LlavaOnevisionAdapter(VideoLLMAdapter):
         row, col = packed.round().long().unbind(-1)
         grid_token = n + ((row // side) * cols + col // side) * n + (row % side) * side + col % side
         return torch.cat([torch.arange(n), torch.where(packed[:, 0] < 0, -1, grid_token)])
+
+
+def position_span(unmerged: int, merged: int, longest: int) -> int:
+    """How many positions a video of `unmerged` visual tokens, merged to `merged`, spans: all of them up to `longest`,
+    but never fewer than the merged tokens themselves, so that with nothing merged the stock positions stay."""
+    return max(merged, min(unmerged, longest))
 
 
 def merged_position_ids(prompt: Prompt, places: torch.Tensor, unmerged_visual: int) -> torch.Tensor:
