@@ -156,8 +156,9 @@ class LlavaOnevisionAdapter(VideoLLMAdapter):
     def generate_inputs(self, prompt: Prompt, encoding: VideoEncoding, merged: MergeResult) -> dict[str, Any]:
         input_ids = prompt.input_ids.to(self.model.device)
         inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+        unmerged = self.unmerged_visual_count(encoding)
         if encoding.is_image:
-            visual, _, places, unmerged = self._image_layout(encoding, merged)
+            visual, _, places = self._image_layout(encoding, merged)
             features = {"image": BaseModelOutputWithPooling(pooler_output=[visual])}
         else:
             frames, n = encoding.tokens.shape[:2]
@@ -165,7 +166,6 @@ class LlavaOnevisionAdapter(VideoLLMAdapter):
             features = {"video": BaseModelOutputWithPooling(pooler_output=visual)}
             in_frame = representatives(merged.source.cpu(), encoding.grid, merged.tokens.shape[1])
             frame_places = (torch.arange(frames)[:, None] * n + in_frame).flatten()
-            unmerged = frames * n + len(encoding.suffix)
             places = torch.cat([frame_places, torch.arange(frames * n, unmerged)])
             span = position_span(unmerged, visual.shape[1], self.position_frames * n + len(encoding.suffix))
             places, unmerged = places * span // unmerged, span
@@ -183,9 +183,9 @@ class LlavaOnevisionAdapter(VideoLLMAdapter):
         return super().unmerged_visual_count(encoding)
 
     def _image_layout(self, encoding: VideoEncoding, merged: MergeResult
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The merged image as the model lays it out: `([num_visual, dim] tokens, [num_visual] visual order,
-        [num_visual] place of each in the unmerged layout, the unmerged layout's length)`.
+        [num_visual] place of each in the unmerged layout)`.
 
         Every original token stands in for its cluster (the merged token it went into) and the model's own
         `pack_image_features` lays the tiles out; a cluster then keeps only its first cell, and a token dropped
@@ -210,7 +210,7 @@ class LlavaOnevisionAdapter(VideoLLMAdapter):
         is_newline = token < 0
         keep = is_newline | (is_token & (first[cluster.clamp(min=0)] == position))
         order = torch.where(is_newline, tiles * kept + is_newline.cumsum(0) - 1, cluster)
-        layout = features[keep.to(features.device)], order[keep], position[keep], len(token)
+        layout = features[keep.to(features.device)], order[keep], position[keep]
         self._last_image_layout = encoding, merged, layout
         return layout
 
