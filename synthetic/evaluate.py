@@ -2,8 +2,9 @@
 
 Frames are sampled as the app samples them (`aim_core.video.frame_indices`), preprocessed by the model's own
 processor from the chat-template prompt, and answered by plain greedy `model.generate`. Wrong answers to "which way"
-and "right after" are named by what they read instead (`mistake`), and "which way" is scored apart by how many other
-shapes are seen moving (`other_movers`), since that says why a kind is hard.
+and "right after" are named by what they read instead (`mistake`). "Which way" is scored apart by how many other shapes
+are seen moving (`other_movers`), and "right after" by how many shapes are first seen after the asked one
+(`later_sightings`), since that says why those kinds are hard.
 
     python -m synthetic.evaluate --model assets/demo-model --n 700 --frames 32
 """
@@ -30,11 +31,13 @@ class Report:
     counts: dict[str, int]  # questions asked per kind
     num_frames: int
     mistakes: dict[str, Counter[str]]  # per kind that `mistake` names, what its wrong answers named
-    # "which way" by `mover_group` of its question: (accuracy, questions)
+    # "which way" by `count_group` of its question's `other_movers`: (accuracy, questions)
     direction_by_movers: dict[str, tuple[float, int]]
+    # "right after" by `count_group` of its question's `later_sightings`: (accuracy, questions)
+    after_by_later: dict[str, tuple[float, int]]
 
 
-MOVER_GROUPS = ("0", "1", "2", "3", "4+")
+COUNT_GROUPS = ("0", "1", "2", "3", "4+")
 
 
 def other_movers(scene: Scene, frames: np.ndarray, question: Question) -> int:
@@ -45,13 +48,22 @@ def other_movers(scene: Scene, frames: np.ndarray, question: Question) -> int:
     return sum(sprite.name != name and sprite.seen_moving(frames) for sprite in scene.sprites)
 
 
+def later_sightings(scene: Scene, frames: np.ndarray, question: Question) -> int:
+    """How many shapes are first seen after the one a "right after" question asks about, in the sampled frame indices
+    `frames`. With one, the answer is the last shape to appear; with more, the next one must be told from those after
+    it, which wrong answers name most (`mistake`)."""
+    firsts = [(sprite.name, int(shown[0])) for sprite in scene.sprites if len(shown := sprite.shown_at(frames))]
+    asked = next(first for name, first in firsts if name == asked_name(question))
+    return sum(first > asked for _, first in firsts)
+
+
 def asked_name(question: Question) -> str:
     """The shape a "which way" or "right after" question asks about: "... the red ring move?" -> "red ring"."""
     return question.text.rsplit("the ", 1)[-1].removesuffix("?").removesuffix(" move")
 
 
-def mover_group(count: int) -> str:
-    return MOVER_GROUPS[min(count, len(MOVER_GROUPS) - 1)]
+def count_group(count: int) -> str:
+    return COUNT_GROUPS[min(count, len(COUNT_GROUPS) - 1)]
 
 
 def chat_prompt(processor: ProcessorMixin, question: str) -> str:
@@ -135,7 +147,8 @@ def evaluate(
     size = size or processor.video_processor.size["height"]
     hits: dict[str, list[bool]] = {kind: [] for kind in KINDS}
     mistakes: dict[str, Counter[str]] = {kind: Counter() for kind in KINDS}
-    by_movers: dict[str, list[bool]] = {group: [] for group in MOVER_GROUPS}
+    by_movers: dict[str, list[bool]] = {group: [] for group in COUNT_GROUPS}
+    by_later: dict[str, list[bool]] = {group: [] for group in COUNT_GROUPS}
     for scene, asked in held_out_questions(n, seed, num_frames, split=split):
         picked = frame_indices(scene.num_frames, num_frames)
         frames = render(scene, size, picked)
@@ -143,14 +156,20 @@ def evaluate(
             answer = normalise(ask(model, processor, frames, question.text))
             hits[question.kind].append(answer == question.answer)
             if question.kind == "direction":
-                by_movers[mover_group(other_movers(scene, picked, question))].append(answer == question.answer)
+                by_movers[count_group(other_movers(scene, picked, question))].append(answer == question.answer)
+            if question.kind == "after":
+                by_later[count_group(later_sightings(scene, picked, question))].append(answer == question.answer)
             if answer != question.answer and (named := mistake(scene, picked, question, answer)) is not None:
                 mistakes[question.kind][named] += 1
     per_kind = {kind: float(np.mean(h)) for kind, h in hits.items()}
     every = [ok for h in hits.values() for ok in h]
     counts = {kind: len(h) for kind, h in hits.items()}
-    direction_by_movers = {group: (float(np.mean(h)), len(h)) for group, h in by_movers.items() if h}
-    return Report(float(np.mean(every)), per_kind, counts, num_frames, mistakes, direction_by_movers)
+    return Report(float(np.mean(every)), per_kind, counts, num_frames, mistakes, _scored(by_movers), _scored(by_later))
+
+
+def _scored(groups: dict[str, list[bool]]) -> dict[str, tuple[float, int]]:
+    """{group: (accuracy, questions)} for the groups that have questions."""
+    return {group: (float(np.mean(hits)), len(hits)) for group, hits in groups.items() if hits}
 
 
 def format_report(report: Report, title: str) -> str:
@@ -163,9 +182,12 @@ def format_report(report: Report, title: str) -> str:
     line = f"{title}: accuracy {report.accuracy:.3f} on {sum(report.counts.values())} questions | {kinds}"
     if named:
         line += f" | wrong answers named {named}"
-    if report.direction_by_movers:
-        groups = ", ".join(f"{group} {acc:.3f} ({n})" for group, (acc, n) in report.direction_by_movers.items())
-        line += f" | which way, by how many other shapes are seen moving: {groups}"
+    for scored_by, groups in (
+        ("which way, by how many other shapes are seen moving", report.direction_by_movers),
+        ("right after, by how many shapes are first seen after the asked one", report.after_by_later),
+    ):
+        if groups:
+            line += f" | {scored_by}: " + ", ".join(f"{group} {acc:.3f} ({n})" for group, (acc, n) in groups.items())
     return line
 
 

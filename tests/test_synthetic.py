@@ -11,7 +11,16 @@ import pytest
 import torch
 
 from aim_core.video import frame_indices, sample_frames
-from synthetic.evaluate import MOVER_GROUPS, ask, evaluate, format_report, mistake, normalise, other_movers
+from synthetic.evaluate import (
+    COUNT_GROUPS,
+    ask,
+    evaluate,
+    format_report,
+    later_sightings,
+    mistake,
+    normalise,
+    other_movers,
+)
 from synthetic.scenes import (
     COLOURS,
     DIRECTIONS,
@@ -335,17 +344,38 @@ def test_other_movers_are_the_other_shapes_a_which_way_question_could_be_asked_a
     assert counts[0] > 3 and counts[1] > 3 and sum(v for k, v in counts.items() if k >= 2) > 3, counts
 
 
-def test_evaluation_scores_which_way_apart_by_other_shapes_seen_moving():
+def test_later_sightings_are_the_shapes_first_seen_after_the_asked_one():
+    counts = Counter()
+    for seed in split_seeds("val", 40):
+        scene = make_scene(seed)
+        for num_frames in (8, 32):
+            frames = frame_indices(scene.num_frames, num_frames)
+            shown = sorted((s for s in scene.sprites if len(s.shown_at(frames))), key=lambda s: s.shown_at(frames)[0])
+            for question in (q for q in questions_seen(scene, frames) if q.kind == "after"):
+                later = later_sightings(scene, frames, question)
+                # A "right after" question has a next shape, and ties are never asked about, so the shapes after
+                # the asked one in the order of first sightings are exactly the later ones; with one, it is the last.
+                asked = next(k for k, s in enumerate(shown) if question.text.rstrip("?").endswith(s.name))
+                assert later == len(shown) - 1 - asked >= 1
+                if later == 1:
+                    assert question.answer in (shown[-1].colour, shown[-1].shape)
+                counts[later] += 1
+    assert counts[1] > 3 and counts[2] > 3 and sum(v for k, v in counts.items() if k >= 3) > 3, counts
+
+
+def test_evaluation_scores_which_way_and_right_after_apart_by_the_shapes_that_confuse_them():
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     model = AutoModelForImageTextToText.from_pretrained(MODEL_DIR, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(MODEL_DIR)
     report = evaluate(model, processor, n=28, seed=0, num_frames=8)
-    groups = report.direction_by_movers
-    assert set(groups) <= set(MOVER_GROUPS) and sum(n for _, n in groups.values()) == report.counts["direction"]
-    pooled = sum(acc * n for acc, n in groups.values()) / report.counts["direction"]
-    assert pooled == pytest.approx(report.per_kind["direction"])
-    assert "which way, by how many other shapes are seen moving: " in format_report(report, "test")
+    for kind, groups in (("direction", report.direction_by_movers), ("after", report.after_by_later)):
+        assert set(groups) <= set(COUNT_GROUPS) and sum(n for _, n in groups.values()) == report.counts[kind]
+        pooled = sum(acc * n for acc, n in groups.values()) / report.counts[kind]
+        assert pooled == pytest.approx(report.per_kind[kind])
+    line = format_report(report, "test")
+    assert "which way, by how many other shapes are seen moving: " in line
+    assert "right after, by how many shapes are first seen after the asked one: " in line
 
 
 def test_shipped_model_loads_offline_and_answers_sample_questions(monkeypatch):
