@@ -291,6 +291,13 @@ class Guide:
 # "Right after" does not follow its guide yet: the name now looks at the right shape, but the answer does not read it.
 # A linear head reading the answer from the name after the lookup, beside the third stage, did not change that:
 # 89.0% (77%, 65%) at layer 6, weight 0.1; 90.0% (82%, 66%) at layer 5, weight 0.3; the head read 0.5 of the answers.
+# Nor did six more 1,002-step stages on top of demo-v9 (32-frame test: 89.3-89.7%, "right after" 62-67%): the answer
+# position guided to the next shape at layer 6 (it looked 0.65 there); the before probes at weight 0.2 (0.74/0.85 ->
+# 0.84/0.89); those probes and the guide on just the frame where the next shape is first seen (0.94/0.96); probes and
+# guide at layer 6; the answer position guided to the name at layer 6 (1.00 there), with and without the first-frame
+# change. The lookup is not what fails: in wrong answers the name still puts 0.71 of its guided heads' attention on the
+# next shape (0.81 in right ones; eager attention, 120 test questions). The read is: "right after" falls with the shapes
+# first seen after the asked one (`synthetic.evaluate`: 75% with one, 65% with two, 44% with three).
 GUIDES = (
     Guide("direction", "asked", layer=2, heads=(0, 1, 2), weight=0.5),
     Guide("after", "next", layer=4, heads=(3, 4, 5), weight=0.5),
