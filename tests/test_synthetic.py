@@ -411,7 +411,7 @@ def test_moment_labels_follow_the_shape_under_each_token():
     from synthetic.scenes import MIN_SHIFT
     from synthetic.train_demo_model import moment_labels
 
-    checked = {"first_seen": 0, "direction": 0, "before_shape": 0}
+    checked = {"first_seen": 0, "direction": 0, "before_shape": 0, "value_shape": 0}
     for seed in split_seeds("val", 6):
         scene = make_scene(seed)
         frames = frame_indices(scene.num_frames, 16)
@@ -423,7 +423,10 @@ def test_moment_labels_follow_the_shape_under_each_token():
                 cell = (k, min(int(cy * 4), 3), min(int(cx * 4), 3))
                 if labels["first_seen"][cell] >= 0:
                     assert labels["first_seen"][cell] == int(k == shown[i][0])
+                    assert list(COLOURS)[labels["value_colour"][cell]] == sprite.colour
+                    assert SHAPES[labels["value_shape"][cell]] == sprite.shape
                     checked["first_seen"] += 1
+                    checked["value_shape"] += 1
                 if labels["direction"][cell] >= 0:
                     x0, y0 = sprite.centre(frames[shown[i][0]])
                     assert max(abs(cx - x0), abs(cy - y0)) >= MIN_SHIFT
@@ -443,10 +446,10 @@ def test_probes_train_on_the_language_models_video_tokens():
     from synthetic.train_demo_model import SHAPE, STAGES, Probes, answer_forward, build, training_batch, word_vectors
 
     model, processor = build(seed=0)
-    probes = Probes(SHAPE.text_hidden, word_vectors(model, processor))
+    probes = Probes(SHAPE, word_vectors(model, processor))
     batch = training_batch(processor, STAGES[2], seed=0, step=1)
     _, states, question_states = answer_forward(model, batch)
-    loss, accuracy = probes(states, question_states, batch, model.config.video_token_index)
+    loss, accuracy = probes(model, states, question_states, batch)
     loss.backward()
     assert torch.isfinite(loss) and loss > 0
     assert {"first_seen", "start_x"} <= set(accuracy) and all(0 <= a <= 1 for a in accuracy.values())
@@ -454,12 +457,41 @@ def test_probes_train_on_the_language_models_video_tokens():
     assert next(model.model.language_model.parameters()).grad.abs().sum() > 0
 
 
+def test_the_value_probes_read_only_the_values_their_layers_attention_takes_from_the_tokens():
+    from synthetic.train_demo_model import (
+        PROBES,
+        SHAPE,
+        STAGES,
+        Probes,
+        answer_forward,
+        build,
+        training_batch,
+        word_vectors,
+    )
+
+    model, processor = build(seed=0)
+    probes = Probes(SHAPE, word_vectors(model, processor))
+    batch = training_batch(processor, STAGES[2], seed=0, step=1)
+    _, states, question_states = answer_forward(model, batch)
+    loss, accuracy = probes(model, states, question_states, batch)
+    loss.backward()
+    assert {"value_colour", "value_shape"} <= set(accuracy)
+    # Every other probe reads hidden states entering a layer, so only the value probes reach into a layer's
+    # attention: into its key/value head's rows of v_proj, not into the queries, keys or other heads' values.
+    (probe_layer,) = {p.layer for p in PROBES.values() if p.value_head is not None}
+    (value_head,) = {p.value_head for p in PROBES.values() if p.value_head is not None}
+    attention = model.model.language_model.layers[probe_layer].self_attn
+    assert attention.q_proj.weight.grad is None and attention.k_proj.weight.grad is None
+    per_head = attention.v_proj.weight.grad.unflatten(0, (SHAPE.text_kv_heads, -1)).abs().sum((1, 2))
+    assert per_head[value_head] > 0 and (per_head[torch.arange(SHAPE.text_kv_heads) != value_head] == 0).all()
+
+
 def test_the_direction_probe_reads_the_direction_words_own_input_embeddings():
     from synthetic.train_demo_model import PROBES, SHAPE, STAGES, Probes, build, training_batch, word_vectors
 
     model, processor = build(seed=0)
     words = word_vectors(model, processor)
-    probes = Probes(SHAPE.text_hidden, words)
+    probes = Probes(SHAPE, words)
     batch = training_batch(processor, STAGES[4], seed=0, step=0)  # a stage that asks "which way" often
     label = batch.probe_labels["direction"]
     assert (label >= 0).sum() > 10
@@ -472,7 +504,7 @@ def test_the_direction_probe_reads_the_direction_words_own_input_embeddings():
         held[label >= 0] = torch.stack([words[w] for w in read]) * 3
         states[:, video] = held
         question_states = torch.zeros(*batch.suffix.shape, SHAPE.text_hidden)
-        _, accuracy = probes((states,) * layers, (question_states,) * layers, batch, model.config.video_token_index)
+        _, accuracy = probes(model, (states,) * layers, (question_states,) * layers, batch)
         assert accuracy["direction"] == expected
 
 
@@ -491,7 +523,7 @@ def test_the_name_probe_reads_the_answer_from_the_asked_shapes_name_in_the_quest
     )
 
     model, processor = build(seed=0)
-    probes = Probes(SHAPE.text_hidden, word_vectors(model, processor))
+    probes = Probes(SHAPE, word_vectors(model, processor))
     batch = training_batch(processor, STAGES[4], seed=0, step=0)
     probed = [k for k, q in enumerate(batch.questions) if q.kind in NAME_PROBE.kinds]
     assert len(probed) > 5 and len(probed) < len(batch.questions)
@@ -507,7 +539,7 @@ def test_the_name_probe_reads_the_answer_from_the_asked_shapes_name_in_the_quest
     _, states, question_states = answer_forward(model, batch)
     read = question_states[NAME_PROBE.layer]
     read.retain_grad()
-    loss, accuracy = probes(states, question_states, batch, model.config.video_token_index)
+    loss, accuracy = probes(model, states, question_states, batch)
     loss.backward()
     touched = read.grad.abs().sum(-1).nonzero().tolist()
     assert sorted(touched) == sorted([k, int(batch.name_positions[k])] for k in probed)
