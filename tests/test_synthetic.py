@@ -443,21 +443,6 @@ def test_moment_labels_follow_the_shape_under_each_token():
 
 
 def test_probes_train_on_the_language_models_video_tokens():
-    from synthetic.train_demo_model import SHAPE, STAGES, Probes, answer_forward, build, training_batch, word_vectors
-
-    model, processor = build(seed=0)
-    probes = Probes(SHAPE, word_vectors(model, processor))
-    batch = training_batch(processor, STAGES[2], seed=0, step=1)
-    _, states, question_states = answer_forward(model, batch)
-    loss, accuracy = probes(model, states, question_states, batch)
-    loss.backward()
-    assert torch.isfinite(loss) and loss > 0
-    assert {"first_seen", "start_x"} <= set(accuracy) and all(0 <= a <= 1 for a in accuracy.values())
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in probes.heads["first_seen"].parameters())
-    assert next(model.model.language_model.parameters()).grad.abs().sum() > 0
-
-
-def test_the_value_probes_read_only_the_values_their_layers_attention_takes_from_the_tokens():
     from synthetic.train_demo_model import (
         PROBES,
         SHAPE,
@@ -475,9 +460,13 @@ def test_the_value_probes_read_only_the_values_their_layers_attention_takes_from
     _, states, question_states = answer_forward(model, batch)
     loss, accuracy = probes(model, states, question_states, batch)
     loss.backward()
-    assert {"value_colour", "value_shape"} <= set(accuracy)
+    assert torch.isfinite(loss) and loss > 0
+    assert {"first_seen", "start_x"} <= set(accuracy) and all(0 <= a <= 1 for a in accuracy.values())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in probes.heads["first_seen"].parameters())
+    assert next(model.model.language_model.parameters()).grad.abs().sum() > 0
     # Every other probe reads hidden states entering a layer, so only the value probes reach into a layer's
     # attention: into its key/value head's rows of v_proj, not into the queries, keys or other heads' values.
+    assert {"value_colour", "value_shape"} <= set(accuracy)
     (probe_layer,) = {p.layer for p in PROBES.values() if p.value_head is not None}
     (value_head,) = {p.value_head for p in PROBES.values() if p.value_head is not None}
     attention = model.model.language_model.layers[probe_layer].self_attn
