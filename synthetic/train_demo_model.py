@@ -398,6 +398,7 @@ class Probes(torch.nn.Module):
         """
         video = batch.frame_token_positions(model.config.video_token_index)
         loss, accuracy = states[0].new_zeros(()), {}
+        values: dict[int, torch.Tensor] = {}  # {layer: [V, T * 16, kv heads, head_dim]}, shared by its value probes
         for name, probe in PROBES.items():
             target = batch.probe_labels[name]
             valid = target >= 0
@@ -405,7 +406,9 @@ class Probes(torch.nn.Module):
                 continue
             read = states[probe.layer][:, video]  # [V, T * 16, hidden]
             if probe.value_head is not None:
-                read = token_values(model, probe.layer, read)[:, :, probe.value_head]
+                if probe.layer not in values:
+                    values[probe.layer] = token_values(model, probe.layer, read)
+                read = values[probe.layer][:, :, probe.value_head]
             logits = self.logits(name, read)
             loss = loss + probe.weight * F.cross_entropy(logits[valid], target[valid])
             accuracy[name] = float((logits.argmax(-1) == target)[valid].float().mean())
