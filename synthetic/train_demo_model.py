@@ -310,6 +310,13 @@ class Guide:
 # first seen after the asked one (`synthetic.evaluate`: 75% with one, 65% with two, 44% with three).
 # The values the guided heads take from the next shape barely held its colour; the value probes (`PROBES`) teach them
 # that. A fourth stage of 2,002 steps with them (`--start-stage 9`): 90.7% (80%, 71%: demo-v10).
+# Now the name holds the answer, and the answer position does not take it. Four 1,002-step stages on top of demo-v10
+# did not change that (32-frame test): a linear head reading the "right after" answer from the name at layer 5 (it
+# read 0.8 of them) 90.1% ("which way" 81%, "right after" 67%); with the before probes at weight 0.2 on the frame a
+# shape is first seen, 89.9% (80%, 66%); that head at layer 6 through the final norm and lm_head (read 0.8 through the
+# answer words' rows), with the answer position guided to the name at layer 6 (heads 0-2, weight 0.3, share 1.00),
+# 90.1% (78%, 70%); the same through the rows of the question's words (" red", read 0.48), 90.7% (78%, 75%), but on
+# 1,400 other test questions 89.9% (78%, 69.5%) where demo-v10 gives 90.7% (80%, 71.5%).
 GUIDES = (
     Guide("direction", "asked", layer=2, heads=(0, 1, 2), weight=0.5),
     Guide("after", "next", layer=4, heads=(3, 4, 5), weight=0.5),
