@@ -4,7 +4,8 @@
 
 From scratch, on CPU, seeded: the data of every step depends only on (seed, stage, step) and every stage ends after
 its number of steps, so a run is reproducible from its seed on any machine, up to floating-point differences. It
-takes about 4 hours on 2 cores; a checkpoint every few hundred steps lets it stop and go on where it stopped:
+takes about 5 hours on 2 cores (an estimate from per-step times, `STAGES`); a checkpoint every few hundred steps lets
+it stop and go on where it stopped:
 
     python -m synthetic.train_demo_model --out assets/demo-model --seed 0 --run out/demo-model-run --resume
 
@@ -23,12 +24,13 @@ longer than the training budget learning the answers' priors before they start t
 
 In the language and joint stages, linear probes (`Probes`, dropped after training) also read, from each video
 token, facts about the shape under it that the harder questions build on: when the shape was first seen, where it
-started, which way it has moved, and which shape appeared just before it. The direction is read through the
-direction words' own input embeddings, so a moved shape's tokens come to hold the answer's word as they hold their
-colour's (`PROBES`). One more probe reads a "which way" question's answer from the asked shape's name in the
-question (`NAME_PROBE`). The late stages ask "which way" and "right after" three times a video each (`Stage.focus`).
-The last three stages also guide where those two questions' asked name looks (`GUIDES`): some heads' attention from the
-name to the tokens of the shape the answer is read from.
+started, which way it has moved, and which shape appeared just before it; and, from the values one head group of
+layer 4 takes from each token, that token's own colour and shape (the values the "right after" guide copies). The
+direction is read through the direction words' own input embeddings, so a moved shape's tokens come to hold the
+answer's word as they hold their colour's (`PROBES`). One more probe reads a "which way" question's answer from the
+asked shape's name in the question (`NAME_PROBE`). The late stages ask "which way" and "right after" three times a
+video each (`Stage.focus`). The last four stages also guide where those two questions' asked name looks (`GUIDES`):
+some heads' attention from the name to the tokens of the shape the answer is read from.
 
 All the questions about one video share the prompt up to and including the video tokens, so the language model
 runs each video's prefix once, then all its questions' remaining tokens in one row on top of its KV cache, each
