@@ -4,8 +4,7 @@
 
 From scratch, on CPU, seeded: the data of every step depends only on (seed, stage, step) and every stage ends after
 its number of steps, so a run is reproducible from its seed on any machine, up to floating-point differences. It
-takes about 5 hours on 2 cores (an estimate from per-step times, `STAGES`); a checkpoint every few hundred steps lets
-it stop and go on where it stopped:
+takes 4-5 hours on 2 cores (`STAGES`); a checkpoint every few hundred steps lets it stop and go on where it stopped:
 
     python -m synthetic.train_demo_model --out assets/demo-model --seed 0 --run out/demo-model-run --resume
 
@@ -117,12 +116,13 @@ class Stage:
     guided: bool = False  # whether the `GUIDES` pull on its questions' attention
 
 
-# About 5 hours on 2 cores (about 1, 1.5, 2 and 2.5 s a step for the short, middle, long and joint stages, 1.1 s
-# for the four guided last ones). Short videos first: how many videos the language model sees decides how soon it
-# learns to look up the words of a question among the visual tokens, and short ones are cheap. "Which way" and "right
-# after" stay near chance when asked as often as the other kinds: they need several questions a video, for many steps,
-# before the answers follow what the tokens know (probed) of their shape's direction and predecessor. Those stages
-# come last, after every other kind has been learnt, and still ask one question of each other kind.
+# 4-5 hours on 2 cores: one run from seed 0 logged 4.7 h, its first four stages at 1 thread beside another run (0.3,
+# 1.0, 1.2 and 1.5 s a step), the last six at 2 threads (1.1 and 1.6 s a step, 1.2-1.3 for the guided ones). Short
+# videos first: how many videos the language model sees decides how soon it learns to look up the words of a question
+# among the visual tokens, and short ones are cheap. "Which way" and "right after" stay near chance when asked as often
+# as the other kinds: they need several questions a video, for many steps, before the answers follow what the tokens
+# know (probed) of their shape's direction and predecessor. Those stages come last, after every other kind has been
+# learnt, and still ask one question of each other kind.
 # Learning rates are half the 8-layer recipe's (the joint stage's 2e-4, a third below its 3e-4): at 2e-3 the
 # 12-layer language model learnt the short videos so slowly that it was still far behind after the middle stage
 # (300 steps of the first language stage: loss 0.39 at 2e-3, 0.31 at 1e-3, 0.32 at 5e-4 with better answers).
@@ -240,7 +240,10 @@ class Probe:
 # even in wrong answers) but the values it found barely said which: a linear probe on them, trained at weight 0.1,
 # read the colour at 0.16 over its first 100 steps (chance 0.17), 0.53 after 1,000. A stage of 2,002 steps on top of
 # demo-v9 with them at weight 0.3 (colour 0.19 -> 0.97, shape 0.49 -> 0.99): 32-frame test 90.7% ("right after" 71%)
-# against 90.0% (66%); at weight 1, 90.6% (69%); 1,002 steps at 0.1, 90.1% (68%) (demo-v10: 0.3).
+# against 90.0% (66%); at weight 1, 90.6% (69%); 1,002 steps at 0.1, 90.1% (68%) (demo-v10: 0.3). From the first
+# language stage on, as here, one run of the whole recipe from seed 0 tested 93.1% ("which way" 96%, "right after" 83%,
+# "what colour / shape is" 89% against demo-v10's 100%) but held up far worse under reduction: 77.4% at 13.6% of the
+# prefill FLOPs against 93.7% unreduced (`benchmarks.synthetic_sweep`, seed 0), where demo-v10 keeps 87.9% of 90.9%.
 PROBES: dict[str, Probe] = {
     "first_seen": Probe(2, 2, 0.02),
     "start_x": Probe(2, 8, 0.02),
