@@ -266,6 +266,67 @@ def test_shared_prefix_training_forward_matches_the_stock_forward(attention):
             torch.testing.assert_close(shared[k, :n], full, atol=1e-4, rtol=1e-4)
 
 
+def test_training_video_cut_is_aim_pruning_every_visual_token_after_that_many_layers():
+    """`Stage.video_layers` trains the questions to do without the video after a layer: the logits are those of the
+    stock forward with aim_core's pruner removing every video token from that layer on."""
+    from aim_core.adapters import adapter_for
+    from aim_core.patch import VisualTokenPruner
+    from synthetic.train_demo_model import STAGES, answer_logits, build, training_batch
+
+    model, processor = build(seed=0)
+    model.eval()
+    adapter = adapter_for(model, processor)
+    batch = training_batch(processor, next(s for s in STAGES if s.name == "joint"), seed=0, step=1)
+    video = (batch.prefix[0] == model.config.video_token_index).nonzero()[:, 0]
+    layers = model.config.text_config.num_hidden_layers
+    with torch.no_grad():
+        whole = answer_logits(model, batch)
+        for cut in (1, 5, layers):  # aim_core never prunes layer 0
+            logits = answer_logits(model, batch, video_layers=cut)
+            for k in (0, len(batch.questions) - 1):
+                n, v = int(batch.lengths[k]), int(batch.video_of[k])
+                ids = torch.cat([batch.prefix[0], batch.suffix[k, :n]])[None]
+                counts = [len(video)] * cut + [0] * (layers - cut)
+                with VisualTokenPruner(adapter.decoder_layers, adapter.project_qk, video, len(video), ids.shape[1],
+                                       counts):
+                    pruned = model(input_ids=ids, pixel_values_videos=batch.pixel_values[v : v + 1]).logits[0, -n:]
+                torch.testing.assert_close(logits[k, :n], pruned, atol=1e-4, rtol=1e-4)
+            # The cut changes what the questions see, unless it is after the last layer.
+            assert (logits - whole).abs().max() > 1e-2 if cut < layers else torch.equal(logits, whole)
+
+
+def test_training_reductions_are_drawn_per_step_from_the_stage(monkeypatch):
+    import synthetic.train_demo_model as trainer
+    from synthetic.train_demo_model import MERGE_KEEPS, STAGES, Stage, merge_keep_at, video_layers_at
+
+    plain = Stage("joint", 500, 1e-4, frames=(16, 32))
+    reduced = Stage("joint", 501, 1e-4, frames=(16, 32), video_layers=(6, 9, 12), merged=0.5)
+    monkeypatch.setattr(trainer, "STAGES", (*STAGES, plain, reduced))
+    cuts = [video_layers_at(reduced, 0, step) for step in range(200)]
+    keeps = [merge_keep_at(reduced, 0, step) for step in range(200)]
+    assert set(cuts) == {6, 9, 12}
+    assert set(keeps) == {None, *MERGE_KEEPS}
+    assert 70 < keeps.count(None) < 130  # half the steps merged
+    assert cuts == [video_layers_at(reduced, 0, step) for step in range(200)]  # the same run draws the same
+    assert cuts != [video_layers_at(reduced, 1, step) for step in range(200)]  # another seed draws others
+    assert all(video_layers_at(plain, 0, s) is None and merge_keep_at(plain, 0, s) is None for s in range(50))
+
+
+def test_merged_training_features_are_aims_merged_tokens_at_every_place_they_stand_for():
+    from aim_core.merge import merge_frames
+    from synthetic.train_demo_model import merged_features
+
+    features = torch.randn(2, 3 * 16 + 1, 24)
+    shown = merged_features(features, 0.25)
+    merged = merge_frames(features[:, :-1].reshape(6, 16, 24), 0.25)
+    frames = shown[:, :-1].reshape(6, 16, 24)
+    for frame in range(6):
+        for token in range(16):
+            torch.testing.assert_close(frames[frame, token], merged.tokens[frame, merged.source[frame, token]])
+        assert len(torch.unique(frames[frame], dim=0)) == 4
+    assert torch.equal(shown[:, -1], features[:, -1])  # the newline is not a frame's token
+
+
 def test_target_features_mark_the_shapes_where_they_are():
     from synthetic.train_demo_model import TargetFeatures, build
 
@@ -583,7 +644,10 @@ def test_a_run_stopped_and_resumed_ends_where_an_uninterrupted_one_does(tmp_path
     stages = (
         trainer.Stage("vision", 3, 1e-3, videos=4),
         trainer.Stage("language", 5, 1e-3, frames=(1, 2), videos=2),
-        trainer.Stage("joint", 2, 1e-4, frames=(8,), videos=2, questions_per_kind=1, focus=("direction",)),
+        trainer.Stage(
+            "joint", 2, 1e-4, frames=(8,), videos=2, questions_per_kind=1, focus=("direction",),
+            video_layers=(3, 12), merged=0.5,
+        ),
     )
     monkeypatch.setattr(trainer, "STAGES", stages)
     monkeypatch.setattr(trainer, "CHECKPOINT_EVERY", 2)
