@@ -4,7 +4,8 @@
 
 From scratch, on CPU, seeded: the data of every step depends only on (seed, stage, step) and every stage ends after
 its number of steps, so a run is reproducible from its seed on any machine, up to floating-point differences. It
-takes 4-5 hours on 2 cores (`STAGES`); a checkpoint every few hundred steps lets it stop and go on where it stopped:
+takes about 3.7 hours on 2 cores (`STAGES`); a checkpoint every few hundred steps lets it stop and go on where it
+stopped:
 
     python -m synthetic.train_demo_model --out assets/demo-model --seed 0 --run out/demo-model-run --resume
 
@@ -28,12 +29,12 @@ layer 4 takes from each token, that token's own colour and shape (the values the
 direction is read through the direction words' own input embeddings, so a moved shape's tokens come to hold the
 answer's word as they hold their colour's (`PROBES`). One more probe reads a "which way" question's answer from the
 asked shape's name in the question (`NAME_PROBE`). The late stages ask "which way" and "right after" three times a
-video each (`Stage.focus`). The last six stages also guide where those two questions' asked name looks (`GUIDES`):
+video each (`Stage.focus`). The last five stages also guide where those two questions' asked name looks (`GUIDES`):
 some heads' attention from the name to the tokens of the shape the answer is read from.
 
-The last two stages teach the language model to do without what AIM takes away: each step its questions may lose the
-video after a drawn layer (`Stage.video_layers`, exactly AIM's pruning of every video token from there on), and half
-the first's steps, all the second's, show the frames merged as AIM merges them (`merged_features`).
+The last three stages teach the language model to do without what AIM takes away: each step its questions may lose
+the video after a drawn layer (`Stage.video_layers`, exactly AIM's pruning of every video token from there on), and
+half the steps of the first two, all of the last's, show the frames merged as AIM merges them (`merged_features`).
 
 All the questions about one video share the prompt up to and including the video tokens, so the language model
 runs each video's prefix once, then all its questions' remaining tokens in one row on top of its KV cache, each
@@ -124,39 +125,31 @@ class Stage:
     merged: float = 0.0  # share of steps that show the language model merged frames (`merged_features`)
 
 
-# 4-5 hours on 2 cores: one run from seed 0 logged 5.1 h, its first four stages at 1 thread beside another run (0.3,
-# 1.0, 1.2 and 1.5 s a step; alone at 2 threads their first 200 steps took 0.24, 0.64, 0.75 and 0.95 s a step, which
-# would make the run 4.4 h), the last eight at 2 threads (1.1 and 1.6 s a step, 1.2-1.3 for the guided ones). Short
-# videos first: how many videos the language model sees decides how soon it learns to look up the words of a question
-# among the visual tokens, and short ones are cheap. "Which way" and "right after" stay near chance when asked as often
-# as the other kinds: they need several questions a video, for many steps, before the answers follow what the tokens
-# know (probed) of their shape's direction and predecessor. Those stages come last, after every other kind has been
-# learnt, and still ask one question of each other kind.
+# About 3.7 hours on 2 cores, from the per-step times of one run of an earlier recipe with the same first eight stages
+# (run r3): alone at 2 threads the first four took 0.24, 0.64, 0.75 and 0.95 s a step, the next two 1.1 and 1.6, the
+# guided ones 1.2-1.3. Short videos first: how many videos the language model sees decides how soon it learns to look
+# up the words of a question among the visual tokens, and short ones are cheap. "Which way" and "right after" stay
+# near chance when asked as often as the other kinds: they need several questions a video, for many steps, before the
+# answers follow what the tokens know (probed) of their shape's direction and predecessor. Those stages come last,
+# after every other kind has been learnt, and still ask one question of each other kind.
 # Learning rates are half the 8-layer recipe's (the joint stage's 2e-4, a third below its 3e-4): at 2e-3 the
 # 12-layer language model learnt the short videos so slowly that it was still far behind after the middle stage
 # (300 steps of the first language stage: loss 0.39 at 2e-3, 0.31 at 1e-3, 0.32 at 5e-4 with better answers).
 FOCUS = ("after", "direction")
 # AIM prunes the video from the middle layers on and merges each frame's tokens before the LLM; the published
-# models it was made for read the video early and take merged tokens untrained, this one must learn both. The ten
-# stages before (run r1) read "which appears first" from the video in the last layers (100% of test questions,
-# 86% with `AIMConfig(merge_keep=1.0)`) and lost "last" and "which way" to merging (99% -> 75% and 96% -> 71% with
-# `AIMConfig(prune_start=1.0, prune_end=1.0)`): 76.8% under `AIMConfig()` against 93.7% unreduced (504 questions,
-# seed 0). 600 steps on top of it with the cut alone: pruning alone 92.1% (600 steps without: 88.5%), `AIMConfig()`
-# 82.3% (79.8%), merging alone 82.7% (84.3%). This stage, with both: `AIMConfig()` 85.9% of 94.2%, pruning alone
-# 93.1%, merging alone 86.1% ("right after" 62%); after it the same with every step merged: 89.1% of 94.0%, merging
-# alone 90.1% (on this stage's saved weights with fresh probes; run r3, the recipe's own: 87.5% of 93.8%).
-REDUCED = Stage(
-    "joint",
-    600,
-    1e-4,
-    frames=(16, 32),
-    videos=4,
-    questions_per_kind=1,
-    focus=FOCUS,
-    guided=True,
-    video_layers=(6, 8, 10, 12),
-    merged=0.5,
-)
+# models it was made for read the video early and take merged tokens untrained, this one must learn both. An earlier
+# recipe, the same first eight stages then guided stages of 1,001 and 2,002 steps with neither (run r1), read "which
+# appears first" from the video in the last layers (100% of test questions, 86% with `AIMConfig(merge_keep=1.0)`) and
+# lost "last" and "which way" to merging (99% -> 75% and 96% -> 71% with `AIMConfig(prune_start=1.0,
+# prune_end=1.0)`): 76.8% under `AIMConfig()` against 93.7% unreduced (504 questions, seed 0). 600 steps on top of it
+# with the cut alone: pruning alone 92.1% (600 steps without: 88.5%), `AIMConfig()` 82.3% (79.8%), merging alone 82.7%
+# (84.3%). 600 with both, half the steps merged: `AIMConfig()` 85.9% of 94.2%, merging alone 86.1%; 600 more with
+# every step merged (run r3): 87.5% of 93.8%, merging alone 88.5%, in 4.4 h all told. Merging alone kept rising with
+# the merged steps, so here the last two guided stages take both reductions (half their steps merged; 2,200 steps in
+# place of the earlier recipe's 3,003 unreduced ones) and a last stage merges every step: 1,700 merged steps against
+# r3's 900, in 1,403 steps fewer.
+GUIDED = Stage("joint", 1200, 1e-4, frames=(16, 32), videos=4, questions_per_kind=1, focus=FOCUS, guided=True)
+REDUCED = replace(GUIDED, video_layers=(6, 8, 10, 12), merged=0.5)
 STAGES = (
     Stage("vision", 2000, 1e-3, videos=64),
     Stage("language", 1200, 1e-3, frames=(1, 2), videos=12),
@@ -164,14 +157,12 @@ STAGES = (
     Stage("language", 1800, 5e-4, frames=(8, 16, 32), videos=4),
     Stage("language", 1000, 5e-4, frames=(4, 8, 16, 32), videos=6, questions_per_kind=1, focus=FOCUS),
     Stage("joint", 1000, 2e-4, frames=(8, 16, 32, 64), videos=4, questions_per_kind=1, focus=FOCUS),
-    Stage("joint", 1200, 1e-4, frames=(16, 32), videos=4, questions_per_kind=1, focus=FOCUS, guided=True),
-    Stage("joint", 1000, 1e-4, frames=(16, 32), videos=4, questions_per_kind=1, focus=FOCUS, guided=True),
-    # One step more than the stage before, which `STAGES.index` would otherwise take it for, drawing the same data.
-    Stage("joint", 1001, 1e-4, frames=(16, 32), videos=4, questions_per_kind=1, focus=FOCUS, guided=True),
-    Stage("joint", 2002, 1e-4, frames=(16, 32), videos=4, questions_per_kind=1, focus=FOCUS, guided=True),
-    # Then the two stages that teach the language model to do without what AIM takes away (`REDUCED`).
+    GUIDED,
+    replace(GUIDED, steps=1000),
+    # The last three also teach the language model to do without what AIM takes away (`REDUCED`).
+    replace(REDUCED, steps=1000),
     REDUCED,
-    replace(REDUCED, merged=1.0),
+    replace(REDUCED, steps=600, merged=1.0),
 )
 
 
