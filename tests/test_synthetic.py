@@ -295,6 +295,17 @@ def test_training_video_cut_is_aim_pruning_every_visual_token_after_that_many_la
             assert (logits - whole).abs().max() > 1e-2 if cut < layers else torch.equal(logits, whole)
 
 
+def test_every_stage_of_the_recipe_draws_its_own_data():
+    from synthetic.train_demo_model import STAGES, build, training_batch
+
+    # A stage's data is drawn by its place in `STAGES` (`STAGES.index`), which two equal stages would share.
+    assert len(set(STAGES)) == len(STAGES)
+    _, processor = build(seed=0)
+    guided = [stage for stage in STAGES if stage.guided]
+    drawn = {tuple(scene.seed for scene in training_batch(processor, stage, seed=0, step=3).scenes) for stage in guided}
+    assert len(drawn) == len(guided) > 1
+
+
 def test_training_reductions_are_drawn_per_step_from_the_stage(monkeypatch):
     import synthetic.train_demo_model as trainer
     from synthetic.train_demo_model import MERGE_KEEPS, STAGES, Stage, merge_keep_at, video_layers_at
