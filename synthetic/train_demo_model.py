@@ -60,7 +60,7 @@ from torch import nn
 from transformers import DynamicCache, LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
 from transformers.models.qwen2.modeling_qwen2 import rotate_half
 
-from aim_core.merge import merge_frames
+from aim_core.merge import merge_frames, unmerge
 from aim_core.random_models import LlavaOnevisionShape, build_llava_onevision, build_tokenizer
 from aim_core.video import frame_indices
 from synthetic.evaluate import asked_name, chat_prompt, evaluate, format_report
@@ -776,7 +776,7 @@ def merged_features(features: torch.Tensor, keep: float) -> torch.Tensor:
     videos, length, hidden = features.shape
     frames = features[:, :-1].reshape(-1, POOLED * POOLED, hidden)
     merged = merge_frames(frames, keep)
-    means = merged.tokens.gather(1, merged.source[..., None].expand(-1, -1, hidden))
+    means = unmerge(merged.tokens, merged.source)
     return torch.cat([means.reshape(videos, length - 1, hidden), features[:, -1:]], dim=1)
 
 
