@@ -4,7 +4,7 @@
 
 From scratch, on CPU, seeded: the data of every step depends only on (seed, stage, step) and every stage ends after
 its number of steps, so a run is reproducible from its seed on any machine, up to floating-point differences. It
-takes about 3.7 hours on 2 cores (`STAGES`); a checkpoint every few hundred steps lets it stop and go on where it
+takes about 3.8 hours on 2 cores (`STAGES`); a checkpoint every few hundred steps lets it stop and go on where it
 stopped:
 
     python -m synthetic.train_demo_model --out assets/demo-model --seed 0 --run out/demo-model-run --resume
@@ -125,13 +125,13 @@ class Stage:
     merged: float = 0.0  # share of steps that show the language model merged frames (`merged_features`)
 
 
-# About 3.7 hours on 2 cores, from the per-step times of one run of an earlier recipe with the same first eight stages
-# (run r3): alone at 2 threads the first four took 0.24, 0.64, 0.75 and 0.95 s a step, the next two 1.1 and 1.6, the
-# guided ones 1.2-1.3. Short videos first: how many videos the language model sees decides how soon it learns to look
-# up the words of a question among the visual tokens, and short ones are cheap. "Which way" and "right after" stay
-# near chance when asked as often as the other kinds: they need several questions a video, for many steps, before the
-# answers follow what the tokens know (probed) of their shape's direction and predecessor. Those stages come last,
-# after every other kind has been learnt, and still ask one question of each other kind.
+# About 3.8 hours on 2 cores: alone at 2 threads, the first five stages of run r4 took 498, 749, 1,573, 1,766 and 1,141
+# s; the rest at the per-step times of run r3, an earlier recipe with the same first eight stages (1.6 s a step for the
+# sixth, 1.2-1.3 for the guided ones). Short videos first: how many videos the language model sees decides how soon it
+# learns to look up the words of a question among the visual tokens, and short ones are cheap. "Which way" and "right
+# after" stay near chance when asked as often as the other kinds: they need several questions a video, for many steps,
+# before the answers follow what the tokens know (probed) of their shape's direction and predecessor. Those stages come
+# last, after every other kind has been learnt, and still ask one question of each other kind.
 # Learning rates are half the 8-layer recipe's (the joint stage's 2e-4, a third below its 3e-4): at 2e-3 the
 # 12-layer language model learnt the short videos so slowly that it was still far behind after the middle stage
 # (300 steps of the first language stage: loss 0.39 at 2e-3, 0.31 at 1e-3, 0.32 at 5e-4 with better answers).
