@@ -125,9 +125,9 @@ class Stage:
     merged: float = 0.0  # share of steps that show the language model merged frames (`merged_features`)
 
 
-# About 3.8 hours on 2 cores: alone at 2 threads, the first five stages of run r4 took 498, 749, 1,573, 1,766 and 1,141
-# s; the rest at the per-step times of run r3, an earlier recipe with the same first eight stages (1.6 s a step for the
-# sixth, 1.2-1.3 for the guided ones). Short videos first: how many videos the language model sees decides how soon it
+# About 3.8 hours on 2 cores, by run r4 of this recipe: alone at 2 threads its stages took 498, 749, 1,573, 1,766,
+# 1,141, about 1,550 (the sixth shared the cores for part of its 3,168 s; 1.5 s a step alone), 1,526, 1,327, 1,218,
+# 1,475 and 756 s. Short videos first: how many videos the language model sees decides how soon it
 # learns to look up the words of a question among the visual tokens, and short ones are cheap. "Which way" and "right
 # after" stay near chance when asked as often as the other kinds: they need several questions a video, for many steps,
 # before the answers follow what the tokens know (probed) of their shape's direction and predecessor. Those stages come
