@@ -50,15 +50,19 @@ def find_samples(directory: Path = SAMPLES_DIR) -> list[Sample]:
 
 def example_rows(samples: list[Sample], default_frames: int) -> list[list[str | int]]:
     """`[video path, question, frames, expected answer]` rows for `gr.Examples`, a few questions per video: some
-    answerable from the default frames and one that needs more, which shows what a long video costs and saves."""
+    answerable from the default frames, each video's taken from further along its list so that together the examples
+    ask every kind, and one that needs more, which shows what a long video costs and saves."""
     return [[str(sample.video), question.text, max(default_frames, question.min_frames or 0), question.answer]
-            for sample in samples for question in _suggested(sample.questions, default_frames)]
+            for index, sample in enumerate(samples)
+            for question in _suggested(sample.questions, default_frames, index)]
 
 
-def _suggested(questions: tuple[SampleQuestion, ...], default_frames: int) -> list[SampleQuestion]:
+def _suggested(questions: tuple[SampleQuestion, ...], default_frames: int, index: int) -> list[SampleQuestion]:
     short = [question for question in questions if (question.min_frames or 0) <= default_frames]
     long = [question for question in questions if (question.min_frames or 0) > default_frames]
-    return (short[: QUESTIONS_PER_VIDEO - 1] + long[:1]) if long else short[:QUESTIONS_PER_VIDEO]
+    count = QUESTIONS_PER_VIDEO - 1 if long else QUESTIONS_PER_VIDEO
+    start = index * count % len(short) if short else 0
+    return (short[start:] + short[:start])[:count] + long[:1]
 
 
 def _sample(entry: Any, folder: Path) -> Sample | None:

@@ -340,6 +340,14 @@ def test_samples_are_read_from_json_and_never_point_outside_assets(tmp_path, mon
                                                [video, "Which colour?", 128, "red"]]
 
 
+def test_the_examples_ask_every_kind_the_samples_answer_from_the_default_frames():
+    listed = json.loads((samples.SAMPLES_DIR / "samples.json").read_text())
+    kind_of = {q["text"]: q["kind"] for sample in listed for q in sample["questions"] if q["min_frames"] <= 32}
+    rows = samples.example_rows(samples.find_samples(), 32)
+    assert {kind_of[row[1]] for row in rows if row[1] in kind_of} == set(kind_of.values())
+    assert len(rows) == len(listed) * samples.QUESTIONS_PER_VIDEO
+
+
 def test_launch_listens_on_loopback_unless_asked(monkeypatch):
     args = launch.parse_args([], environ={})
     assert (args.host, args.port, args.model, args.share) == ("127.0.0.1", 7860, None, False)

@@ -72,3 +72,15 @@ def test_the_per_kind_table_has_a_row_per_setting_with_its_accuracy_and_flops_ag
         "| no reduction | 100.0% | 75.0% | 87.5% | 100.0% |",
         "| AIM default | 99.0% | 40.0% | 69.5% | 12.5% |",
     ]
+
+
+def test_the_sample_answers_table_marks_each_wrong_answer_and_counts_the_right_ones_per_setting() -> None:
+    from benchmarks.sample_answers import SETTINGS, table
+
+    rows = [("a.mp4", "Which way?", 32, "up", ["up", "left", "up"]),
+            ("a.mp4", "How many?", 128, "two", ["one", "one", "two"])]
+    lines = table(rows)
+    assert len(lines) == 2 + len(rows) + 1 and len(SETTINGS) == 3
+    assert lines[2] == "| a.mp4 | Which way? | 32 | up | up | left (wrong) | up |"
+    assert lines[3] == "| a.mp4 | How many? | 128 | two | one (wrong) | one (wrong) | two |"
+    assert lines[-1] == "| **right** | | | | **1 of 2** | **0 of 2** | **2 of 2** |"
