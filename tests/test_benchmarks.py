@@ -84,3 +84,17 @@ def test_the_sample_answers_table_marks_each_wrong_answer_and_counts_the_right_o
     assert lines[2] == "| a.mp4 | Which way? | 32 | up | up | left (wrong) | up |"
     assert lines[3] == "| a.mp4 | How many? | 128 | two | one (wrong) | one (wrong) | two |"
     assert lines[-1] == "| **right** | | | | **1 of 2** | **0 of 2** | **2 of 2** |"
+
+
+def test_folding_counts_a_shape_merged_with_another_and_a_shape_drowned_in_background() -> None:
+    import numpy as np
+
+    from benchmarks.merge_folding import Folding
+
+    owners = np.array([[0, 0, 1, -1, -1, -1]])  # shape 0 on two tokens, shape 1 on one, three background tokens
+    apart = Folding()
+    apart.add(owners, np.array([[0, 0, 1, 2, 2, 2]]))  # each shape its own merged token
+    assert (apart.shapes, apart.mixed, apart.drowned) == (2, 0, 0)
+    folded = Folding()
+    folded.add(owners, np.array([[0, 1, 1, 1, 2, 2]]))  # shape 0 split, one half with shape 1 and background
+    assert (folded.shapes, folded.mixed, folded.drowned) == (2, 2, 1)  # shape 0 keeps token 0 to itself
