@@ -1,20 +1,25 @@
 """What merging before the LLM does to the shapes in the demo model's frames: how often a round schedule folds a
 visible shape's tokens into the same merged token as another shape's, or leaves it at most half of every merged token
-it ends in. No model answers anything: the shipped model's pooled visual tokens of the two sweeps' scenes, merged.
+it ends in. No model answers anything: the shipped model's visual tokens of the two sweeps' scenes, merged: the 16
+pooled tokens a frame the LLM reads, and the tower's 64 a frame before LLaVA-OneVision's 2x2 pooling, to see whether
+finer frames, as real checkpoints have (196 tokens a frame), would fold less.
 
     python -m benchmarks.merge_folding
 
-A shape owns the pooled tokens whose cell it mostly covers (`synthetic.train_demo_model.token_owners`). The paper's
+A shape owns the tokens whose cell it mostly covers (`synthetic.train_demo_model.token_owners`). The paper's
 rounds (`merge_round=0.5`) fold all of set A each round; the efficiency knob's (`MERGE_ROUND`) at most a quarter.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import dataclass
+from unittest import mock
 
 import numpy as np
+import torch
 
 from aim_core import VideoQA
 from aim_core.config import MERGE_ROUND
@@ -45,6 +50,15 @@ class Folding:
                 self.drowned += all(2 * (members == shape).sum() <= len(members) for members in ended_in)
 
 
+def visual_tokens(qa: VideoQA, frames: np.ndarray, unpooled: bool) -> torch.Tensor:
+    """`[frames, n, hidden]` float tokens of the frames as the model encodes a video; with `unpooled`, without the
+    pooling LLaVA-OneVision's `get_video_features` ends with (the projector's output of every patch)."""
+    if not unpooled:
+        return qa.adapter.encode_video(frames).tokens.float()
+    with mock.patch.object(qa.model.model, "apply_pooling", lambda features: features):
+        return qa.adapter.encode_video(frames).tokens.float()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="0,100000", help="the sweeps' question seeds, whose scenes are merged")
@@ -59,26 +73,30 @@ def main() -> None:
     size = qa.adapter.processor.video_processor.size["height"]
     rounds = {f"the paper's (`merge_round={PAPER_MERGE_ROUND}`)": PAPER_MERGE_ROUND,
               f"the knob's (`merge_round={MERGE_ROUND}`)": MERGE_ROUND}
-    folding = {name: Folding() for name in rounds}
+    grids = {"16 (pooled: what the LLM reads)": False, "64 (the tower's, before pooling)": True}
+    folding = {(grid, name): Folding() for grid in grids for name in rounds}
     scenes = 0
     for seed in (int(s) for s in args.seeds.split(",")):
         for scene, _ in held_out_questions(args.n, seed, args.frames):
             indices = frame_indices(scene.num_frames, args.frames)
-            tokens = qa.adapter.encode_video(render(scene, size, indices)).tokens.float()
-            owners = token_owners(scene, indices).reshape(len(indices), -1)
-            for name, merge_round in rounds.items():
-                folding[name].add(owners, merge_frames(tokens, args.keep, merge_round).source.numpy())
+            frames = render(scene, size, indices)
+            for grid, unpooled in grids.items():
+                tokens = visual_tokens(qa, frames, unpooled)
+                owners = token_owners(scene, indices, math.isqrt(tokens.shape[1])).reshape(len(indices), -1)
+                for name, merge_round in rounds.items():
+                    folding[grid, name].add(owners, merge_frames(tokens, args.keep, merge_round).source.numpy())
             scenes += 1
     lines = [
         (f"Demo model, the {scenes} scenes of the sweeps' questions (seeds {args.seeds}), {args.frames} frames, each "
-         f"frame's {tokens.shape[1]} pooled tokens merged to {args.keep:.0%}. Command: `python -m "
-         f"benchmarks.merge_folding` ({time.perf_counter() - started:.0f} s on {qa.model.device.type})."),
+         f"frame's tokens merged to {args.keep:.0%}. Command: `python -m benchmarks.merge_folding` "
+         f"({time.perf_counter() - started:.0f} s on {qa.model.device.type})."),
         "",
-        "| rounds | (frame, shape) pairs | folded with another shape | at most half of every merged token it ends in |",
-        "|---|---|---|---|",
+        "| tokens a frame | rounds | (frame, shape) pairs | folded with another shape | "
+        "at most half of every merged token it ends in |",
+        "|---|---|---|---|---|",
     ]
-    for name, counts in folding.items():
-        lines.append(f"| {name} | {counts.shapes} | {100 * counts.mixed / counts.shapes:.1f}% | "
+    for (grid, name), counts in folding.items():
+        lines.append(f"| {grid} | {name} | {counts.shapes} | {100 * counts.mixed / counts.shapes:.1f}% | "
                      f"{100 * counts.drowned / counts.shapes:.1f}% |")
     save_table("\n".join(lines), args.out)
 

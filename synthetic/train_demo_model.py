@@ -232,16 +232,17 @@ class TargetFeatures:
         return torch.cat([self(scene, frames), self.newline[None]])
 
 
-def _cover(sprite: Sprite, cx: float, cy: float) -> np.ndarray:
-    """[POOLED, POOLED]: how much of each pooled cell the sprite's box covers when centred at (cx, cy), in cells."""
+def _cover(sprite: Sprite, cx: float, cy: float, side: int = POOLED) -> np.ndarray:
+    """[side, side]: how much of each cell of a side x side grid (the pooled tokens') the sprite's box covers when
+    centred at (cx, cy), in cells."""
     half = sprite.size / 2
-    return np.outer(_cell_overlap(cy, half), _cell_overlap(cx, half))
+    return np.outer(_cell_overlap(cy, half, side), _cell_overlap(cx, half, side))
 
 
-def _cell_overlap(centre: float, half: float) -> np.ndarray:
-    """How much of each of the POOLED cells along one axis [centre - half, centre + half] covers, in cell widths."""
-    edges = np.arange(POOLED + 1) / POOLED
-    return np.clip(np.minimum(centre + half, edges[1:]) - np.maximum(centre - half, edges[:-1]), 0, None) * POOLED
+def _cell_overlap(centre: float, half: float, side: int) -> np.ndarray:
+    """How much of each of `side` cells along one axis [centre - half, centre + half] covers, in cell widths."""
+    edges = np.arange(side + 1) / side
+    return np.clip(np.minimum(centre + half, edges[1:]) - np.maximum(centre - half, edges[:-1]), 0, None) * side
 
 
 @dataclass(frozen=True)
@@ -356,14 +357,15 @@ GUIDES = (
 )
 
 
-def token_owners(scene: Scene, frames: np.ndarray) -> np.ndarray:
-    """[len(frames), POOLED, POOLED]: the index in `scene.sprites` of the shape under each pooled token, the one that
-    covers most of its cell (at least a quarter of it, and twice any other shape); -1 where none does."""
-    cover = np.zeros((len(scene.sprites), len(frames), POOLED, POOLED))
+def token_owners(scene: Scene, frames: np.ndarray, side: int = POOLED) -> np.ndarray:
+    """[len(frames), side, side]: the index in `scene.sprites` of the shape under each token of a side x side grid
+    (the pooled tokens'), the one that covers most of its cell (at least a quarter of it, and twice any other shape);
+    -1 where none does."""
+    cover = np.zeros((len(scene.sprites), len(frames), side, side))
     for i, sprite in enumerate(scene.sprites):
         for k in sprite.shown_at(frames):
             cx, cy = sprite.centre(frames[k])
-            cover[i, k] = _cover(sprite, float(cx), float(cy))
+            cover[i, k] = _cover(sprite, float(cx), float(cy), side)
     order = np.sort(cover, axis=0)
     return np.where((order[-1] >= 0.25) & (order[-2] < order[-1] / 2), cover.argmax(0), -1)
 

@@ -98,3 +98,21 @@ def test_folding_counts_a_shape_merged_with_another_and_a_shape_drowned_in_backg
     folded = Folding()
     folded.add(owners, np.array([[0, 1, 1, 1, 2, 2]]))  # shape 0 split, one half with shape 1 and background
     assert (folded.shapes, folded.mixed, folded.drowned) == (2, 2, 1)  # shape 0 keeps token 0 to itself
+
+
+def test_unpooled_tokens_are_the_patches_the_pooled_tokens_average(demo_qa: VideoQA) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from aim_core.video import frame_indices
+    from benchmarks.merge_folding import visual_tokens
+    from synthetic.scenes import make_scene, render
+
+    scene = make_scene(7)
+    frames = render(scene, demo_qa.adapter.processor.video_processor.size["height"], frame_indices(scene.num_frames, 4))
+    pooled, unpooled = visual_tokens(demo_qa, frames, False), visual_tokens(demo_qa, frames, True)
+    assert pooled.shape[:2] == (4, 16) and unpooled.shape[:2] == (4, 64)
+    grid = unpooled.view(4, 8, 8, -1).permute(0, 3, 1, 2)
+    averaged = F.avg_pool2d(grid, 2).permute(0, 2, 3, 1).reshape(4, 16, -1)
+    torch.testing.assert_close(averaged, pooled, atol=2e-3, rtol=1e-2)
+    assert demo_qa.adapter.encode_video(frames).tokens.shape[1] == 16  # pooling is back once the patch ends
