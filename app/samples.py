@@ -52,9 +52,14 @@ def example_rows(samples: list[Sample], default_frames: int) -> list[list[str | 
     """`[video path, question, frames, expected answer]` rows for `gr.Examples`, a few questions per video: some
     answerable from the default frames, each video's taken from further along its list so that together the examples
     ask every kind, and one that needs more, which shows what a long video costs and saves."""
-    return [[str(sample.video), question.text, max(default_frames, question.min_frames or 0), question.answer]
+    return [[str(sample.video), question.text, example_frames(question, default_frames), question.answer]
             for index, sample in enumerate(samples)
             for question in _suggested(sample.questions, default_frames, index)]
+
+
+def example_frames(question: SampleQuestion, default_frames: int) -> int:
+    """The frames an example asks its question at: the default, or more where the evidence needs them."""
+    return max(default_frames, question.min_frames or 0)
 
 
 def _suggested(questions: tuple[SampleQuestion, ...], default_frames: int, index: int) -> list[SampleQuestion]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aim_core import AIMConfig, VideoQA, sample_frames
 from aim_core.config import DEFAULT_EFFICIENCY
-from app.samples import example_rows, find_samples
+from app.samples import SampleQuestion, example_frames, example_rows, find_samples
 from app.ui import DEFAULT_FRAMES
 from benchmarks.latency import RESULTS, save_table
 from benchmarks.synthetic_qa import DEFAULT_MODEL
@@ -29,14 +29,16 @@ SETTINGS = {
 }
 
 
-def answers(qa: VideoQA, video: Path, question: str, num_frames: int) -> list[str]:
-    """The model's normalised one-word answer under each of `SETTINGS`."""
-    frames = sample_frames(video, num_frames)
-    return [normalise(qa.answer(frames, question, config=config, max_new_tokens=8).text)
-            for config in SETTINGS.values()]
-
-
 Row = tuple[str, str, int, str, list[str]]  # video, question, frames, expected answer, answers under `SETTINGS`
+
+
+def answered(qa: VideoQA, video: Path, question: SampleQuestion, default_frames: int) -> Row:
+    """The question asked at its example's frames, with the model's normalised one-word answer under each setting."""
+    num_frames = example_frames(question, default_frames)
+    frames = sample_frames(video, num_frames)
+    got = [normalise(qa.answer(frames, question.text, config=config, max_new_tokens=8).text)
+           for config in SETTINGS.values()]
+    return video.name, question.text, num_frames, question.answer, got
 
 
 def right_counts(rows: list[Row]) -> list[int]:
@@ -63,24 +65,19 @@ def main() -> None:
     started = time.perf_counter()
     qa = VideoQA.from_pretrained(str(DEFAULT_MODEL))
     samples = find_samples()
-    suggested = [(Path(video).name, question, frames, expected, answers(qa, Path(video), question, frames))
-                 for video, question, frames, expected in example_rows(samples, DEFAULT_FRAMES)]
-    every: list[Row] = []
-    for sample in samples:
-        for question in sample.questions:
-            frames = max(DEFAULT_FRAMES, question.min_frames or 0)
-            known = next((row for row in suggested if row[0] == sample.video.name and row[1] == question.text), None)
-            every.append(known or (sample.video.name, question.text, frames, question.answer,
-                                   answers(qa, sample.video, question.text, frames)))
+    every = {(str(sample.video), question.text): answered(qa, sample.video, question, DEFAULT_FRAMES)
+             for sample in samples for question in sample.questions}
+    suggested = [every[video, question] for video, question, _, _ in example_rows(samples, DEFAULT_FRAMES)]
     lines = [
         (f"The app's suggested questions for its {len(samples)} sample videos, asked at the frames each example sets, "
          f"one-word answers. Command: `python -m benchmarks.sample_answers` "
-         f"({(time.perf_counter() - started) / 60:.0f} min on {qa.model.device.type})."),
+         f"({time.perf_counter() - started:.0f} s on {qa.model.device.type})."),
         "",
         *table(suggested),
         "",
         (f"Over all {len(every)} questions the samples list (suggested or not), right: "
-         + ", ".join(f"{name} {right} of {len(every)}" for name, right in zip(SETTINGS, right_counts(every))) + "."),
+         + ", ".join(f"{name} {right} of {len(every)}"
+                     for name, right in zip(SETTINGS, right_counts(list(every.values())))) + "."),
     ]
     save_table("\n".join(lines), args.out)
 

@@ -151,7 +151,7 @@ FOCUS = ("after", "direction")
 # 99.4% and 99.2% merging in rounds of a quarter. More merged training does not close that gap: a twelfth stage
 # on top of r4, this last one with every step merged to a quarter (790 s), kept 96.0% and 94.9% (quarter rounds
 # 100.4% and 99.6%; unreduced 94.0% of the 32-frame test). At 16 tokens a frame the paper's rounds (16 -> 8 -> 4,
-# all of set A each time) fold a small shape into its neighbours, and what is folded is not in the tokens.
+# all of set A each time) fold a small shape in with another far more often (`benchmarks.merge_folding`).
 GUIDED = Stage("joint", 1200, 1e-4, frames=(16, 32), videos=4, questions_per_kind=1, focus=FOCUS, guided=True)
 REDUCED = replace(GUIDED, video_layers=(6, 8, 10, 12), merged=0.5)
 STAGES = (
