@@ -29,9 +29,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="keep some visual tokens down to the last layer instead of none from about 3/4 of the "
                              "depth on (better for shallow models, e.g. the demo model)")
     parser.add_argument("--paper", action="store_true",
-                        help="the paper's method alone: merge in the paper's rounds and prune for the LLM, and run "
-                             "the stock vision tower (by default the tower also merges patches from efficiency 0.25, "
-                             "and merging goes in smaller rounds)")
+                        help="the paper's method alone: merge and prune for the LLM, and run the stock vision tower "
+                             "(by default the tower also merges patches from efficiency 0.25)")
     parser.add_argument("--frames", type=int, default=32, help="frames sampled uniformly from the video")
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="hub id or local folder (default: the demo model)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -60,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.prune_to_last_layer:
             config = config.pruning_until_last_layer()
         if args.paper:
-            config = config.paper()
+            config = config.with_stock_tower()
         qa = VideoQA.from_pretrained(args.model)
         stream = qa.stream(args.video, args.question, config=config, num_frames=args.frames,
                            max_new_tokens=args.max_new_tokens)

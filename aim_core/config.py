@@ -10,17 +10,19 @@ from typing import Literal, Protocol
 import torch
 
 from .errors import SettingsError
-from .merge import PAPER_MERGE_ROUND, MergeResult, merge_frames, merged_count
+from .merge import MAX_MERGE_ROUND, MergeResult, merge_frames, merged_count
 
 Importance = Literal["text", "pagerank", "last"]
 
-# Each bipartite round inside the tower, and before the LLM at the efficiency knob's settings, folds at most this
-# fraction of a frame's tokens. Rounds of all of set A force a small shape's tokens into whatever they match best,
-# often another shape. The demo model on 1001 held-out questions (seed 400000), the paper's LLM setting with
-# vision_keep 0.25: 66.7% with rounds of all of set A inside the tower, 81.8% with rounds of a quarter, 81.2% of a
-# tenth, 83.2% unreduced; a quarter takes fewer rounds than a tenth for the same answers. Before the LLM (demo-v8, the
-# sweep's per-kind table, 504 questions a set at 32 frames), `AIMConfig()` answered 88.5% and 85.5% with the paper's
-# rounds, 88.5% and 87.3% with a quarter's ("which way" 69% and 60% against 76% and 72%, of 78% and 76% unreduced).
+# Each bipartite round of merging, before the LLM and inside the tower, folds at most this fraction of a frame's
+# tokens. Rounds of all of set A (`MAX_MERGE_ROUND`, the released AIM code's: 196 -> 98 -> 49) force a small shape's
+# tokens into whatever they match best, often another shape; smaller rounds let them wait for a better partner, at the
+# same FLOPs. `benchmarks.merge_folding`: on the demo model's scenes at 25%, a shape folds with another in 19.1% of
+# (frame, shape) pairs in rounds of all of set A, 2.2% in rounds of a quarter. Before the LLM, the paper's setting on
+# the shipped demo model (the sweep, seeds 0 and 100000) keeps 96.0% and 96.4% of unreduced accuracy in rounds of all
+# of set A, 99.4% and 99.2% in rounds of a quarter; quarter rounds did better on every demo model measured (demo-v8,
+# demo-v10, r3, r4). Inside the tower (an earlier demo model, 1001 questions, vision_keep 0.25): 66.7% with rounds of
+# all of set A, 81.8% of a quarter, 81.2% of a tenth, 83.2% unreduced; a quarter takes fewer rounds than a tenth.
 MERGE_ROUND = 0.25
 
 
@@ -51,10 +53,11 @@ class TokenReduction(Protocol):
 @dataclass(frozen=True)
 class AIMConfig:
     """One AIM setting. The defaults are the paper's: keep 25% of each frame's tokens after merging, then prune
-    visual tokens linearly from 50% of the LLM's depth until none is left at 79% of it. The paper leaves the vision
-    tower alone; `vision_keep` below 1 also merges patches inside it (see `vision_keep_counts`), which is where most
-    of the wait goes for models up to a few billion parameters. The efficiency knob (`from_efficiency`) also merges
-    in smaller rounds than the paper's (`merge_round`).
+    visual tokens linearly from 50% of the LLM's depth until none is left at 79% of it. Merging goes in rounds of at
+    most a quarter of a frame's tokens (`merge_round`), where the released code folds all of set A each round
+    (`merge_round=0.5`): the same FLOPs, fewer small shapes folded into others (see `MERGE_ROUND`). The paper leaves
+    the vision tower alone; `vision_keep` below 1 also merges patches inside it (see `vision_keep_counts`), which is
+    where most of the wait goes for models up to a few billion parameters.
 
     Attributes:
         merge_keep: fraction of each frame's visual tokens kept by merging, in (0, 1]; 1.0 merges nothing.
@@ -67,7 +70,7 @@ class AIMConfig:
             the stock tower. The tower's output grid is restored before the projector, so the rest of the model is
             unchanged.
         merge_round: the most of a frame's tokens one bipartite round of merging before the LLM removes, in
-            (0, 0.5]; 0.5 is the paper's (a round may fold all of set A), `MERGE_ROUND` the knob's.
+            (0, 0.5]; 0.5 is the released code's (a round may fold all of set A).
     """
 
     merge_keep: float = 0.25
@@ -75,7 +78,7 @@ class AIMConfig:
     prune_end: float = 0.79
     importance: Importance = "text"
     vision_keep: float = 1.0
-    merge_round: float = PAPER_MERGE_ROUND
+    merge_round: float = MERGE_ROUND
 
     def __post_init__(self) -> None:
         for name in ("merge_keep", "prune_start", "prune_end", "vision_keep", "merge_round"):
@@ -93,7 +96,7 @@ class AIMConfig:
             raise SettingsError(f"importance must be 'text', 'pagerank' or 'last', got {self.importance!r}")
         if not 0.0 < self.vision_keep <= 1.0:
             raise SettingsError(f"vision_keep must be in (0, 1], got {self.vision_keep}")
-        if not 0.0 < self.merge_round <= PAPER_MERGE_ROUND:
+        if not 0.0 < self.merge_round <= MAX_MERGE_ROUND:
             raise SettingsError(f"merge_round must be in (0, 0.5], got {self.merge_round}")
 
     @classmethod
@@ -110,8 +113,8 @@ class AIMConfig:
         1/16 and prune from 25% to 50% of depth. The vision tower's share moves in steps (`VISION_KEEP_STEPS`: all
         patches below 0.25, then 50%, 25% from 0.5, 12.5% from 0.9), so that neighbouring settings share the
         tower's cached output and a new setting on the same video runs only the LLM. Every field moves one way only,
-        so the cost falls monotonically as the knob rises. Merging before the LLM goes in rounds of `MERGE_ROUND`.
-        `.paper()` of a setting is the paper's method alone (the stock tower, the paper's rounds).
+        so the cost falls monotonically as the knob rises. `.with_stock_tower()` of a setting is the paper's method
+        alone: merging before and pruning inside the LLM.
         """
         if isinstance(efficiency, bool) or not isinstance(efficiency, (int, float)) or math.isnan(efficiency):
             raise SettingsError(f"efficiency must be a number in [0, 1], got {efficiency!r}")
@@ -120,10 +123,8 @@ class AIMConfig:
         fields = [_interpolate(EFFICIENCY_ANCHORS, efficiency, i) for i in range(3)]
         merge_keep, prune_start, prune_end = (round(value, 6) for value in fields)
         vision_keep = min([1.0] + [keep for start, keep in VISION_KEEP_STEPS if efficiency >= start])
-        # With nothing to merge the rounds do not matter: the paper's value keeps efficiency 0 equal to `none()`.
-        merge_round = MERGE_ROUND if merge_keep < 1.0 else PAPER_MERGE_ROUND
         return cls(merge_keep=merge_keep, prune_start=prune_start, prune_end=prune_end, importance=importance,
-                   vision_keep=vision_keep, merge_round=merge_round)
+                   vision_keep=vision_keep)
 
     @property
     def merges(self) -> bool:
@@ -145,12 +146,8 @@ class AIMConfig:
     def with_importance(self, importance: Importance) -> AIMConfig:
         return replace(self, importance=importance)
 
-    def paper(self) -> AIMConfig:
-        """The same amount of merging and pruning as the paper does it: the stock vision tower, the paper's rounds."""
-        return replace(self, vision_keep=1.0, merge_round=PAPER_MERGE_ROUND)
-
     def with_stock_tower(self) -> AIMConfig:
-        """The same setting with the vision tower left whole."""
+        """The same setting with the vision tower left whole: the paper's method alone, which reduces for the LLM."""
         return replace(self, vision_keep=1.0)
 
     def pruning_until_last_layer(self) -> AIMConfig:

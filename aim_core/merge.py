@@ -37,8 +37,8 @@ class MergeResult:
                    torch.arange(n, device=tokens.device).expand(frames, n))
 
 
-# The paper's rounds: one bipartite round may fold all of set A, half of the tokens it starts with.
-PAPER_MERGE_ROUND = 0.5
+# The largest round: all of set A, half of the tokens it starts with (the released AIM code merges in these).
+MAX_MERGE_ROUND = 0.5
 
 
 def merged_count(num_tokens: int, keep_ratio: float) -> int:
@@ -89,7 +89,7 @@ def bipartite_merge_step(
     return summed / new_sizes.to(tokens.dtype).unsqueeze(-1), new_sizes, destination
 
 
-def merge_frames(tokens: torch.Tensor, keep_ratio: float, max_round_fraction: float = PAPER_MERGE_ROUND) -> MergeResult:
+def merge_frames(tokens: torch.Tensor, keep_ratio: float, max_round_fraction: float = MAX_MERGE_ROUND) -> MergeResult:
     """Merge each frame's tokens on its own down to `keep_ratio` of them, by repeated bipartite matching.
 
     Each round removes at most `max_round_fraction` of the tokens it starts with (`round_size`). At 0.5, the paper's
@@ -104,14 +104,14 @@ def merge_frames(tokens: torch.Tensor, keep_ratio: float, max_round_fraction: fl
     return merge_further(MergeResult.start(tokens), merged_count(tokens.shape[1], keep_ratio), max_round_fraction)
 
 
-def round_size(current: int, target: int, max_fraction: float = PAPER_MERGE_ROUND) -> int:
+def round_size(current: int, target: int, max_fraction: float = MAX_MERGE_ROUND) -> int:
     """Tokens one bipartite round removes on the way from `current` to `target` tokens: at most `max_fraction` of
-    `current`, at least 1. At 0.5 (as the paper's rounds) a round may fold all of set A, well matched or not; a
+    `current`, at least 1. At 0.5 (the released AIM code's rounds) a round may fold all of set A, well matched or not; a
     smaller fraction lets the worst-matched A tokens, a small object's among background, wait for a better partner."""
-    return min(current - target, max(1, math.ceil(current * min(max_fraction, PAPER_MERGE_ROUND))))
+    return min(current - target, max(1, math.ceil(current * min(max_fraction, MAX_MERGE_ROUND))))
 
 
-def merge_further(merged: MergeResult, target: int, max_round_fraction: float = PAPER_MERGE_ROUND) -> MergeResult:
+def merge_further(merged: MergeResult, target: int, max_round_fraction: float = MAX_MERGE_ROUND) -> MergeResult:
     """Continue merging each frame of `merged` down to `target` tokens (at least 1), by repeated bipartite matching,
     each round removing at most `max_round_fraction` of the tokens it starts with (`round_size`).
 

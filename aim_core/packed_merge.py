@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .merge import PAPER_MERGE_ROUND, bipartite_merge_step, round_size
+from .merge import MAX_MERGE_ROUND, bipartite_merge_step, round_size
 
 
 @dataclass
@@ -49,7 +49,7 @@ class PackedMerge:
 
 
 def merge_segments(state: PackedMerge, tokens: torch.Tensor, targets: Sequence[int],
-                   max_round_fraction: float = PAPER_MERGE_ROUND) -> PackedMerge:
+                   max_round_fraction: float = MAX_MERGE_ROUND) -> PackedMerge:
     """Merge each segment of `tokens` down to `targets[s]` rows (fewer than it has, or it stays as it is).
 
     Args:

@@ -1,9 +1,10 @@
 """AIM's merging of one video's visual tokens as vLLM's Qwen-VL models hand them over, without vLLM itself.
 
 The math is `aim_core`'s: each temporal step's `(h/2) x (w/2)` tokens are merged by bipartite soft matching
-(`aim_core.merge.merge_frames`), extra per-token features (Qwen3-VL's deepstack levels, concatenated after the main
-features by vLLM's vision tower) are averaged over the same clusters (`cluster_mean`), and each merged token takes
-the M-RoPE position of its cluster's representative (`representatives`), as `aim_core`'s Qwen adapter does.
+(`aim_core.merge.merge_frames`, in `AIMConfig()`'s rounds), extra per-token features (Qwen3-VL's deepstack levels,
+concatenated after the main features by vLLM's vision tower) are averaged over the same clusters (`cluster_mean`),
+and each merged token takes the M-RoPE position of its cluster's representative (`representatives`), as
+`aim_core`'s Qwen adapter does.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from aim_core.adapters.qwen_vl import cluster_mean
+from aim_core.config import MERGE_ROUND
 from aim_core.merge import merge_frames, representatives
 
 
@@ -55,7 +57,7 @@ def merge_video(embeds: torch.Tensor, grid_thw: tuple[int, int, int], merge_size
     n = grid[0] * grid[1]
     tokens = embeds.view(steps, n, -1)
     main_dim = tokens.shape[-1] if main_dim is None else main_dim
-    merged = merge_frames(tokens[..., :main_dim], keep)
+    merged = merge_frames(tokens[..., :main_dim], keep, MERGE_ROUND)
     kept = merged.tokens.shape[1]
     parts = [merged.tokens]
     if main_dim < tokens.shape[-1]:

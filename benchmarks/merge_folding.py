@@ -6,8 +6,8 @@ finer frames, as real checkpoints have (196 tokens a frame), would fold less.
 
     python -m benchmarks.merge_folding
 
-A shape owns the tokens whose cell it mostly covers (`synthetic.train_demo_model.token_owners`). The paper's
-rounds (`merge_round=0.5`) fold all of set A each round; the efficiency knob's (`MERGE_ROUND`) at most a quarter.
+A shape owns the tokens whose cell it mostly covers (`synthetic.train_demo_model.token_owners`). The released AIM
+code's rounds (`merge_round=0.5`) fold all of set A each round; `AIMConfig()`'s (`MERGE_ROUND`) at most a quarter.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 
 from aim_core import VideoQA
 from aim_core.config import MERGE_ROUND
-from aim_core.merge import PAPER_MERGE_ROUND, merge_frames
+from aim_core.merge import MAX_MERGE_ROUND, merge_frames
 from aim_core.video import frame_indices
 from benchmarks.latency import RESULTS, save_table
 from benchmarks.synthetic_qa import DEFAULT_MODEL
@@ -71,8 +71,8 @@ def main() -> None:
     started = time.perf_counter()
     qa = VideoQA.from_pretrained(str(DEFAULT_MODEL))
     size = qa.adapter.processor.video_processor.size["height"]
-    rounds = {f"the paper's (`merge_round={PAPER_MERGE_ROUND}`)": PAPER_MERGE_ROUND,
-              f"the knob's (`merge_round={MERGE_ROUND}`)": MERGE_ROUND}
+    rounds = {f"the released code's (`merge_round={MAX_MERGE_ROUND}`)": MAX_MERGE_ROUND,
+              f"`AIMConfig()`'s (`merge_round={MERGE_ROUND}`)": MERGE_ROUND}
     grids = {"16 (pooled: what the LLM reads)": False, "64 (the tower's, before pooling)": True}
     folding = {(grid, name): Folding() for grid in grids for name in rounds}
     scenes = 0

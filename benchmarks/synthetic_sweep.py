@@ -7,7 +7,7 @@ fits, predicted with `aim_core.estimate_cost`; the table reports the accuracy an
 methods answer the same questions about the same sampled frames, through `VideoQA`, in one run. Also measured: the
 long-video point (AIM on 4x the frames at the cost of 32 frames with no reduction, on questions about short events),
 the two importance rankings (text-to-visual attention and AIM's PageRank) at AIM's default, and, per question kind,
-where the default loses: its merging alone, its pruning alone, and its merging in the knob's smaller rounds.
+where the default loses: its merging alone, its pruning alone, and its merging in the released code's rounds.
 
 Writes benchmarks/results/synthetic_qa-seed<SEED>.md and .png (the plot needs kaleido and a Chromium): one file per
 seed, because on 500 questions a gap under about two points between methods is noise, which only a second set of
@@ -28,8 +28,9 @@ import plotly.graph_objects as go
 
 from aim_core import AIMConfig, VideoQA, estimate_cost, plan_for_budget
 from aim_core.baselines import FastV, RandomDrop
-from aim_core.config import MERGE_ROUND, TokenReduction
+from aim_core.config import TokenReduction
 from aim_core.errors import SettingsError
+from aim_core.merge import MAX_MERGE_ROUND
 
 from .synthetic_qa import DEFAULT_MODEL, Result, evaluate, held_out_videos
 
@@ -47,11 +48,11 @@ class Method:
 
 METHODS = (
     # The paper's method (the stock vision tower): this sweep compares prefill FLOPs, as the paper does.
-    Method("AIM (merge + prune)", lambda knob: AIMConfig.from_efficiency(knob).paper()),
+    Method("AIM (merge + prune)", lambda knob: AIMConfig.from_efficiency(knob).with_stock_tower()),
     # The paper's schedule leaves no visual token from about 3/4 of the depth on; a shallow model may still read the
     # video there, so the same knob with some visual tokens kept down to the last layer.
     Method("AIM, pruning until the last layer",
-           lambda knob: AIMConfig.from_efficiency(knob).pruning_until_last_layer().paper()),
+           lambda knob: AIMConfig.from_efficiency(knob).pruning_until_last_layer().with_stock_tower()),
     Method("merge only", lambda knob: AIMConfig(merge_keep=max(1 - knob, 0.01), prune_start=1.0, prune_end=1.0)),
     Method("prune only", lambda knob: AIMConfig(merge_keep=1.0, prune_start=max(1 - knob, 0.01),
                                                 prune_end=min(1.0, max(1 - knob, 0.01) + 0.3))),
@@ -139,13 +140,13 @@ def main() -> None:
     default = evaluate(qa, videos, AIMConfig())
     pagerank = evaluate(qa, videos, AIMConfig(importance="pagerank"))
     to_last = evaluate(qa, videos, AIMConfig().pruning_until_last_layer())
-    # Where the default loses, per kind: its two halves alone, and its merging in the knob's smaller rounds.
+    # Where the default loses, per kind: its two halves alone, and its merging in the released code's rounds.
     parts = {
         "AIM default, merging only (`AIMConfig(prune_start=1.0, prune_end=1.0)`)":
             evaluate(qa, videos, AIMConfig(prune_start=1.0, prune_end=1.0)),
         "AIM default, pruning only (`AIMConfig(merge_keep=1.0)`)": evaluate(qa, videos, AIMConfig(merge_keep=1.0)),
-        f"AIM default, merging in rounds of a quarter (`AIMConfig(merge_round={MERGE_ROUND})`)":
-            evaluate(qa, videos, AIMConfig(merge_round=MERGE_ROUND)),
+        f"AIM default, merging in the released code's rounds (`AIMConfig(merge_round={MAX_MERGE_ROUND})`)":
+            evaluate(qa, videos, AIMConfig(merge_round=MAX_MERGE_ROUND)),
     }
     long_video = long_video_point(qa, args, size)
 
@@ -202,7 +203,7 @@ def long_video_point(qa: VideoQA, args: argparse.Namespace, size: int) -> str:
     plan = plan_for_budget(qa.shape, budget, layout.tokens_per_step, layout.text_tokens, frame_choices=(many,),
                            max_efficiency=1.0, unmerged_visual_tokens=layout.unmerged)
     few = evaluate(qa, plain, AIMConfig.none())
-    aim = evaluate(qa, short, plan.config.paper())  # a prefill budget: the paper's method
+    aim = evaluate(qa, short, plan.config.with_stock_tower())  # a prefill budget: the paper's method
     assert estimate_cost(qa.shape, many, layout.tokens_per_step, layout.text_tokens, plan.config,
                          layout.unmerged).flops <= budget
     line = (
@@ -212,7 +213,7 @@ def long_video_point(qa: VideoQA, args: argparse.Namespace, size: int) -> str:
         f"**{100 * aim.accuracy:.1f}%** at {aim.flops / 1e9:.2f} GFLOPs of prefill."
     )
     # What a first question pays for: the vision tower too, which 4x the frames makes 4x longer unless the knob
-    # merges inside it as well (`vision_keep`); the knob also merges before the LLM in its smaller rounds.
+    # merges inside it as well (`vision_keep`).
     whole_budget = unreduced.total_flops
     try:
         whole = qa.plan_for_budget(whole_budget, (size, size), frame_choices=(many,))

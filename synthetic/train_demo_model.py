@@ -60,7 +60,7 @@ from torch import nn
 from transformers import DynamicCache, LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
 from transformers.models.qwen2.modeling_qwen2 import rotate_half
 
-from aim_core.merge import merge_frames, unmerge
+from aim_core.merge import MAX_MERGE_ROUND, merge_frames, unmerge
 from aim_core.random_models import LlavaOnevisionShape, build_llava_onevision, build_tokenizer
 from aim_core.video import frame_indices
 from synthetic.evaluate import asked_name, chat_prompt, evaluate, format_report
@@ -136,22 +136,24 @@ class Stage:
 # 12-layer language model learnt the short videos so slowly that it was still far behind after the middle stage
 # (300 steps of the first language stage: loss 0.39 at 2e-3, 0.31 at 1e-3, 0.32 at 5e-4 with better answers).
 FOCUS = ("after", "direction")
-# AIM prunes the video from the middle layers on and merges each frame's tokens before the LLM; the published
-# models it was made for read the video early and take merged tokens untrained, this one must learn both. An earlier
-# recipe, the same first eight stages then guided stages of 1,001 and 2,002 steps with neither (run r1), read "which
-# appears first" from the video in the last layers (100% of test questions, 86% with `AIMConfig(merge_keep=1.0)`) and
-# lost "last" and "which way" to merging (99% -> 75% and 96% -> 71% with `AIMConfig(prune_start=1.0,
-# prune_end=1.0)`): 76.8% under `AIMConfig()` against 93.7% unreduced (504 questions, seed 0). 600 steps on top of it
-# with the cut alone: pruning alone 92.1% (600 steps without: 88.5%), `AIMConfig()` 82.3% (79.8%), merging alone 82.7%
-# (84.3%). 600 with both, half the steps merged: `AIMConfig()` 85.9% of 94.2%, merging alone 86.1%; 600 more with
-# every step merged (run r3): 87.5% of 93.8%, merging alone 88.5%, in 4.4 h all told. Merging alone kept rising with
-# the merged steps, so here the last two guided stages take both reductions (half their steps merged; 2,200 steps in
-# place of the earlier recipe's 3,003 unreduced ones) and a last stage merges every step: 1,700 merged steps against
-# r3's 900, in 1,403 steps fewer. Run r4 of this recipe kept 96.0% and 96.4% under `AIMConfig()` (the two sweeps),
-# 99.4% and 99.2% merging in rounds of a quarter. More merged training does not close that gap: a twelfth stage
-# on top of r4, this last one with every step merged to a quarter (790 s), kept 96.0% and 94.9% (quarter rounds
-# 100.4% and 99.6%; unreduced 94.0% of the 32-frame test). At 16 tokens a frame the paper's rounds (16 -> 8 -> 4,
-# all of set A each time) fold a small shape in with another far more often (`benchmarks.merge_folding`).
+# AIM prunes the video from the middle layers on and merges each frame's tokens before the LLM; the published models it
+# was made for read the video early and take merged tokens untrained, this one must learn both. It learns merged tokens
+# in the released AIM code's rounds (all of set A each round), which `AIMConfig()` merged in until run r4, so every
+# `AIMConfig()` below is `AIMConfig(merge_round=0.5)` today. An earlier recipe, the same first eight stages then guided
+# stages of 1,001 and 2,002 steps with neither (run r1), read "which appears first" from the video in the last layers
+# (100% of test questions, 86% with `AIMConfig(merge_keep=1.0)`) and lost "last" and "which way" to merging (99% -> 75%
+# and 96% -> 71% with `AIMConfig(prune_start=1.0, prune_end=1.0)`): 76.8% under `AIMConfig()` against 93.7% unreduced
+# (504 questions, seed 0). 600 steps on top of it with the cut alone: pruning alone 92.1% (600 steps without: 88.5%),
+# `AIMConfig()` 82.3% (79.8%), merging alone 82.7% (84.3%). 600 with both, half the steps merged: `AIMConfig()` 85.9% of
+# 94.2%, merging alone 86.1%; 600 more with every step merged (run r3): 87.5% of 93.8%, merging alone 88.5%, in 4.4 h
+# all told. Merging alone kept rising with the merged steps, so here the last two guided stages take both reductions
+# (half their steps merged; 2,200 steps in place of the earlier recipe's 3,003 unreduced ones) and a last stage merges
+# every step: 1,700 merged steps against r3's 900, in 1,403 steps fewer. Run r4 of this recipe kept 96.0% and 96.4%
+# under `AIMConfig()` (the two sweeps), 99.4% and 99.2% merging in rounds of a quarter (today's default). More merged
+# training does not close that gap: a twelfth stage on top of r4, this last one with every step merged to a quarter (790
+# s), kept 96.0% and 94.9% (quarter rounds 100.4% and 99.6%; unreduced 94.0% of the 32-frame test). At 16 tokens a frame
+# the released rounds (16 -> 8 -> 4, all of set A each time) fold a small shape in with another far more often
+# (`benchmarks.merge_folding`).
 GUIDED = Stage("joint", 1200, 1e-4, frames=(16, 32), videos=4, questions_per_kind=1, focus=FOCUS, guided=True)
 REDUCED = replace(GUIDED, video_layers=(6, 8, 10, 12), merged=0.5)
 STAGES = (
@@ -777,11 +779,11 @@ def merge_keep_at(stage: Stage, seed: int, step: int) -> float | None:
 
 def merged_features(features: torch.Tensor, keep: float) -> torch.Tensor:
     """[V, T * 16 + 1, hidden]: each frame's tokens merged to `keep` of them as AIM merges before the language model
-    (bipartite matching in the paper's rounds), every token then holding its cluster's mean: what the merged token
-    that stands for it holds. The newline stays."""
+    (bipartite matching in the released code's rounds), every token then holding its cluster's mean: what the merged
+    token that stands for it holds. The newline stays."""
     videos, length, hidden = features.shape
     frames = features[:, :-1].reshape(-1, POOLED * POOLED, hidden)
-    merged = merge_frames(frames, keep)
+    merged = merge_frames(frames, keep, MAX_MERGE_ROUND)
     means = unmerge(merged.tokens, merged.source)
     return torch.cat([means.reshape(videos, length - 1, hidden), features[:, -1:]], dim=1)
 

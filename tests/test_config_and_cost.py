@@ -5,8 +5,8 @@ import torch
 from conftest import background_with_objects
 
 from aim_core import AIMConfig, DecoderShape, SettingsError, estimate_cost, plan_for_budget, prefill_flops
-from aim_core.config import DEFAULT_EFFICIENCY, MERGE_ROUND, PAPER_MERGE_ROUND, pruning_layers, visual_keep_counts
-from aim_core.merge import merge_frames
+from aim_core.config import DEFAULT_EFFICIENCY, MERGE_ROUND, pruning_layers, visual_keep_counts
+from aim_core.merge import MAX_MERGE_ROUND, merge_frames
 
 # LLaVA-OneVision-7B's language model (Qwen2-7B), as in the paper's FLOPs table.
 QWEN2_7B = DecoderShape(hidden=3584, query_width=3584, kv_width=512, intermediate=18944, heads=28, layers=28)
@@ -59,26 +59,26 @@ def test_no_pruning_when_start_is_past_the_last_layer():
     assert pruning_layers(28, none.prune_start, none.prune_end) is None and not none.merges
 
 
-def test_default_is_the_paper_setting_and_the_knob_adds_vision_merging_and_small_rounds_to_it():
+def test_default_is_the_paper_setting_in_small_rounds_and_the_knob_adds_vision_merging_to_it():
     default = AIMConfig()
     assert (default.merge_keep, default.prune_start, default.prune_end, default.vision_keep) == (0.25, 0.5, 0.79, 1.0)
-    assert default.merge_round == PAPER_MERGE_ROUND == 0.5
+    assert default.merge_round == MERGE_ROUND < MAX_MERGE_ROUND
     knob = AIMConfig.from_efficiency(DEFAULT_EFFICIENCY)
-    assert knob.vision_keep == 0.25 and knob.merge_round == MERGE_ROUND < PAPER_MERGE_ROUND
-    assert knob.paper() == default
-    # The app's "Merge inside the vision tower" switch leaves the tower alone and nothing else.
-    assert knob.with_stock_tower() == AIMConfig(merge_round=MERGE_ROUND)
-    assert knob.frame_reduction_key != default.frame_reduction_key
+    assert knob.vision_keep == 0.25 and knob.merge_round == MERGE_ROUND
+    # The app's "Merge inside the vision tower" switch (and the CLI's --paper) leaves the tower alone and nothing else.
+    assert knob.with_stock_tower() == default
+    assert knob.frame_reduction_key == default.frame_reduction_key
+    assert AIMConfig(merge_round=MAX_MERGE_ROUND).frame_reduction_key != default.frame_reduction_key
 
 
-def test_the_knob_merges_before_the_llm_in_small_rounds_and_the_paper_in_rounds_of_all_of_set_a():
+def test_the_default_merges_in_small_rounds_and_the_released_code_in_rounds_of_all_of_set_a():
     tokens, objects = background_with_objects(), [10, 36]
-    knob, paper = AIMConfig.from_efficiency(DEFAULT_EFFICIENCY), AIMConfig()
-    small, forced = knob.reduce_frames(tokens), paper.reduce_frames(tokens)
+    default, released = AIMConfig(), AIMConfig(merge_round=MAX_MERGE_ROUND)
+    small, forced = default.reduce_frames(tokens), released.reduce_frames(tokens)
     assert torch.equal(small.source, merge_frames(tokens, 0.25, MERGE_ROUND).source)
     assert torch.equal(forced.source, merge_frames(tokens, 0.25).source)
     assert small.tokens.shape == forced.tokens.shape == (2, 16, 16)
-    for index in objects:  # a lone object keeps its own token with the knob's rounds, not with the paper's
+    for index in objects:  # a lone object keeps its own token in small rounds, not in rounds of all of set A
         assert (small.sizes.gather(1, small.source[:, index : index + 1]) == 1).all()
         assert (forced.sizes.gather(1, forced.source[:, index : index + 1]) > 1).all()
 

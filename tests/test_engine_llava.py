@@ -300,7 +300,8 @@ def test_second_question_skips_the_vision_tower(tiny_llava, random_frames):
         first = qa.answer(random_frames, QUESTION, max_new_tokens=2)
         second = qa.answer(random_frames, "How many objects?", max_new_tokens=2)
         # Another LLM-side setting with the stock tower: the tower's output is reused.
-        third = qa.answer(random_frames, QUESTION, config=AIMConfig.from_efficiency(0.3).paper(), max_new_tokens=2)
+        third = qa.answer(random_frames, QUESTION, config=AIMConfig.from_efficiency(0.3).with_stock_tower(),
+                          max_new_tokens=2)
         assert len(calls) == 1
         other = qa.answer(random_frames[::-1].copy(), QUESTION, max_new_tokens=2)
         # Merging inside the tower changes its output: it runs again, once per vision setting.

@@ -75,14 +75,14 @@ def test_merging_continues_where_it_stopped_and_unmerges_to_the_grid():
 def test_small_rounds_keep_a_lone_object_apart_where_rounds_of_all_of_set_a_fold_it_into_the_background():
     tokens, objects = background_with_objects(), [10, 36]
     start = MergeResult.start(tokens)
-    forced = merge_further(start, 16)  # the paper's rounds: 64 -> 32 folds every even-index token
+    forced = merge_further(start, 16)  # the released code's rounds: 64 -> 32 folds every even-index token
     patient = merge_further(start, 16, max_round_fraction=MERGE_ROUND)
     assert forced.tokens.shape == patient.tokens.shape == (2, 16, 16)
     for index in objects:
         assert (forced.sizes.gather(1, forced.source[:, index : index + 1]) > 1).all()
         assert (patient.sizes.gather(1, patient.source[:, index : index + 1]) == 1).all()
     assert torch.equal(torch.bincount(patient.source[0]), patient.sizes[0])
-    # At 0.5 the rounds are the paper's, and any larger fraction is the same.
+    # At 0.5 the rounds are the released code's, and any larger fraction is the same.
     assert torch.equal(merge_further(start, 16, max_round_fraction=0.9).source, forced.source)
 
 

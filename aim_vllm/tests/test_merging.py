@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from aim_core.adapters.qwen_vl import cluster_mean
+from aim_core.config import MERGE_ROUND
 from aim_core.errors import SettingsError
 from aim_core.merge import merge_frames, representatives
 from aim_vllm.config import ENV_VAR, default_keep
@@ -18,7 +19,7 @@ def test_merge_video_is_aim_cores_merge_per_step() -> None:
     embeds = torch.randn(steps * n, dim * 3)  # main features, then two deepstack levels
     merged = merge_video(embeds, grid, merge_size=2, keep=0.25, main_dim=dim)
 
-    reference = merge_frames(embeds.view(steps, n, -1)[..., :dim], 0.25)
+    reference = merge_frames(embeds.view(steps, n, -1)[..., :dim], 0.25, MERGE_ROUND)
     deepstack = cluster_mean(embeds.view(steps, n, -1)[..., dim:], reference)
     expected = torch.cat([reference.tokens, deepstack], dim=-1).flatten(0, 1)
     torch.testing.assert_close(merged.embeds, expected)
