@@ -69,7 +69,7 @@ def test_identical_tokens_merge_first():
     torch.testing.assert_close(merged[0, 1], (tokens[0, 1] + tokens[0, 6]) / 2)
 
 
-def test_two_rounds_for_a_quarter_like_the_paper():
+def test_two_rounds_for_a_quarter_like_the_released_code():
     """196 -> 98 -> 49: the first round folds every A (even) token into a B token, so exactly the Bs survive."""
     tokens = random_tokens(frames=1)
     _, sizes, destination = bipartite_merge_step(tokens, torch.ones(1, 196, dtype=torch.long), r=98)
