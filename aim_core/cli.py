@@ -27,7 +27,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="how visual tokens are ranked when pruning")
     parser.add_argument("--prune-to-last-layer", action="store_true",
                         help="keep some visual tokens down to the last layer instead of none from about 3/4 of the "
-                             "depth on (better for shallow models, e.g. the demo model)")
+                             "depth on (for shallow models that still read the video in their last layers)")
     parser.add_argument("--paper", action="store_true",
                         help="the paper's method alone: merge and prune for the LLM, and run the stock vision tower "
                              "(by default the tower also merges patches from efficiency 0.25)")

@@ -152,7 +152,7 @@ class AIMConfig:
 
     def pruning_until_last_layer(self) -> AIMConfig:
         """The same setting with some visual tokens kept down to the last layer, instead of none from `prune_end`
-        of the depth on: shallow models (like the demo model) still read the video in their last layers."""
+        of the depth on: shallow models may still read the video in their last layers."""
         return replace(self, prune_end=1.0)
 
 

@@ -90,8 +90,8 @@ def build_app(runner: Runner) -> gr.Blocks:
                                        elem_id="efficiency")
                 to_last_layer = gr.Checkbox(label="Prune until the last layer", elem_id="to-last-layer",
                                             info="Keep some visual tokens down to the LLM's last layer instead of "
-                                                 "none from 3/4 of its depth on: a little more cost, better answers "
-                                                 "from shallow models such as the demo model.")
+                                                 "none from 3/4 of its depth on: a little more cost, for shallow "
+                                                 "models that still read the video in their last layers.")
                 vision_merge = gr.Checkbox(value=runner.vision_merge_pays(), label="Merge inside the vision tower",
                                            elem_id="vision-merge",
                                            info="From efficiency 0.25, the vision tower's blocks also run on merged "

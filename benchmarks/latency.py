@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import statistics
 import threading
 import time
@@ -47,12 +48,17 @@ class Setting:
 class PeakRSS:
     """Highest resident memory of this process while the block runs, sampled every millisecond (CPU runs).
 
-    glibc keeps freed memory in its heap, where later allocations reuse it unseen, so the block first asks
-    malloc to serve every allocation over 64 KiB with its own mmap, which is returned on free and shows in RSS.
+    glibc keeps freed memory in its heap, where later allocations reuse it unseen, so the block first hands the
+    heap's free memory back (`malloc_trim`; earlier runs in this process leave it large enough to hold a whole answer,
+    which then measured 0 MB) and asks malloc to serve every allocation over 64 KiB with its own mmap, which is
+    returned on free and shows in RSS.
     """
 
     def __enter__(self) -> PeakRSS:  # noqa: PYI034 (typing.Self needs Python 3.11)
-        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 64 * 1024)
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
+        gc.collect()
+        libc.malloc_trim(0)
         self.start = self.peak = _rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)

@@ -3,9 +3,9 @@
     python -m benchmarks.sample_answers
 
 Each suggested question is asked at the frames its example sets (`app.samples.example_rows`), as the app asks it,
-under no reduction, the paper's setting (`AIMConfig()`) and the app's default for the demo model (efficiency 0.75,
-the tower left whole: `Runner.vision_merge_pays`). Below the table, the same count over every question the samples
-list, suggested or not.
+under no reduction, the paper's setting (`AIMConfig()`, which is the app's default for the demo model: efficiency
+0.75, the tower left whole, `Runner.vision_merge_pays`) and the slider further up, at 0.9. Below the table, the same
+count over every question the samples list, suggested or not.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from synthetic.evaluate import normalise
 
 SETTINGS = {
     "no reduction": AIMConfig.none(),
-    "`AIMConfig()`": AIMConfig(),
-    f"app default ({DEFAULT_EFFICIENCY})": AIMConfig.from_efficiency(DEFAULT_EFFICIENCY).with_stock_tower(),
+    f"`AIMConfig()` (the app's default, {DEFAULT_EFFICIENCY})": AIMConfig(),
+    "the app at 0.9": AIMConfig.from_efficiency(0.9).with_stock_tower(),
 }
 
 

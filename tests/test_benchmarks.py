@@ -116,3 +116,19 @@ def test_unpooled_tokens_are_the_patches_the_pooled_tokens_average(demo_qa: Vide
     averaged = F.avg_pool2d(grid, 2).permute(0, 2, 3, 1).reshape(4, 16, -1)
     torch.testing.assert_close(averaged, pooled, atol=2e-3, rtol=1e-2)
     assert demo_qa.adapter.encode_video(frames).tokens.shape[1] == 16  # pooling is back once the patch ends
+
+
+def test_peak_rss_counts_memory_that_earlier_work_left_free_in_the_heap() -> None:
+    import torch
+
+    from benchmarks.latency import PeakRSS
+
+    # 100 kB blocks, below glibc's default mmap threshold, so they come from the heap; a small block after each keeps
+    # glibc from trimming the heap when the large ones are freed, as the warm-up and timed runs leave it.
+    blocks = [(torch.ones(25_000), torch.ones(16)) for _ in range(2000)]
+    pins = [pin for _, pin in blocks]
+    del blocks
+    with PeakRSS() as memory:
+        held = [torch.ones(25_000) for _ in range(1000)]
+    assert memory.extra_bytes > 0.5 * len(held) * 100_000
+    del held, pins
