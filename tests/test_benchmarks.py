@@ -1,6 +1,7 @@
 """The accuracy sweep compares methods at equal FLOPs: each method's chosen setting must fit the budget it is
 compared at, and cost must fall as a method's knob turns (the bisection relies on it)."""
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,18 @@ def test_peak_rss_counts_memory_that_earlier_work_left_free_in_the_heap() -> Non
         held = [torch.ones(25_000) for _ in range(1000)]
     assert memory.extra_bytes > 0.5 * len(held) * 100_000
     del held, pins
+
+
+def test_synthetic_qa_json_keeps_its_fields(monkeypatch, capsys) -> None:
+    import json
+    import sys
+
+    from benchmarks import synthetic_qa
+
+    monkeypatch.setattr(sys, "argv", ["synthetic_qa", "--n", "7", "--frames", "8", "--json"])
+    synthetic_qa.main()
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"accuracy", "per_kind", "flops", "flops_baseline", "n"} <= printed.keys()
+    assert printed["n"] == 7 and len(printed["per_kind"]) == 7 and 0.0 <= printed["accuracy"] <= 1.0
+    assert printed["config"] == asdict(AIMConfig())
+    assert 0 < printed["flops"] < printed["flops_baseline"]
