@@ -92,9 +92,10 @@ def bipartite_merge_step(
 def merge_frames(tokens: torch.Tensor, keep_ratio: float, max_round_fraction: float = MAX_MERGE_ROUND) -> MergeResult:
     """Merge each frame's tokens on its own down to `keep_ratio` of them, by repeated bipartite matching.
 
-    Each round removes at most `max_round_fraction` of the tokens it starts with (`round_size`). At 0.5, the paper's
-    rounds, a round may fold all of set A, so 25% takes two rounds (196 -> 98 -> 49). Any ratio in (0, 1] is reached
-    exactly; a ratio of 1.0 returns the tokens unchanged.
+    Each round removes at most `max_round_fraction` of the tokens it starts with (`round_size`). At 0.5, the released
+    AIM code's rounds, a round may fold all of set A, so 25% takes two rounds (196 -> 98 -> 49); `AIMConfig()` merges
+    in rounds of `aim_core.config.MERGE_ROUND`. Any ratio in (0, 1] is reached exactly; a ratio of 1.0 returns the
+    tokens unchanged.
 
     Args:
         tokens: `[frames, n, dim]` visual tokens of each frame, in raster order.

@@ -133,8 +133,8 @@ def check_switch(value: object, label: str) -> bool:
 
 def config_for(efficiency: object, to_last_layer: object = False, vision_merge: object = True) -> AIMConfig:
     """The AIM setting of the efficiency slider (SettingsError outside [0, 1]). With `to_last_layer`, pruning keeps
-    some visual tokens down to the last layer instead of none from about 3/4 of the depth on: shallow models, like
-    the demo model, still read the video there. Without `vision_merge`, the vision tower runs whole."""
+    some visual tokens down to the last layer instead of none from about 3/4 of the depth on: shallow models may
+    still read the video there. Without `vision_merge`, the vision tower runs whole."""
     config = AIMConfig.from_efficiency(check_efficiency(efficiency))
     if check_switch(to_last_layer, "Prune until the last layer"):
         config = config.pruning_until_last_layer()
